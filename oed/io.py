@@ -1,0 +1,122 @@
+"""Reading structure files and their reference labels (ASE units: eV, Å, eV/Å).
+
+oed reads extended XYZ through :func:`ase.io.read`. Reference labels are
+accepted under the conventional keys ``REF_energy`` / ``REF_forces`` (MACE,
+wfl) or the plain ``energy`` / ``forces`` that ASE turns into a single-point
+calculator. Nothing here needs labels: a pool of bare geometries is valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from oed.errors import PoolError
+
+REF_ENERGY = "REF_energy"
+REF_FORCES = "REF_forces"
+#: Decimals of Å kept when hashing positions: far below any physical change.
+_HASH_DECIMALS = 6
+
+
+def read_structures(path: str | os.PathLike, *, what: str = "structure file") -> list[Atoms]:
+    """Read every configuration of an (extended) XYZ file.
+
+    Parameters
+    ----------
+    path
+        File to read; any format :func:`ase.io.read` detects, extxyz expected.
+    what
+        Words naming the file in error messages ("pool", "test set", ...).
+
+    Returns
+    -------
+    list of ase.Atoms, in file order, at least one.
+
+    Raises
+    ------
+    PoolError
+        If the file is missing, is a directory, cannot be parsed, or holds no
+        configuration.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise PoolError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise PoolError(f"{what} is a directory, expected a structure file: {p}")
+    if p.stat().st_size == 0:
+        raise PoolError(f"{what} is empty (no configurations): {p}")
+    from ase.io import read  # lazy: ase.io pulls many format modules
+
+    try:
+        frames = read(p, index=":")
+    except Exception as exc:  # ase raises many types for malformed files
+        raise PoolError(f"cannot read {what} {p}: {type(exc).__name__}: {exc}") from exc
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    frames = list(frames)
+    if not frames:
+        raise PoolError(f"{what} is empty (no configurations): {p}")
+    for i, atoms in enumerate(frames):
+        if len(atoms) == 0:
+            raise PoolError(f"{what} {p}: configuration {i} has no atoms")
+        if not np.all(np.isfinite(atoms.positions)):
+            raise PoolError(f"{what} {p}: configuration {i} has non-finite positions")
+    return frames
+
+
+def reference_energy(atoms: Atoms) -> float | None:
+    """Reference total energy in eV, or ``None`` when the configuration has none.
+
+    Looks at ``info['REF_energy']`` first, then a single-point calculator
+    (what ASE builds from a plain ``energy=`` key), then ``info['energy']``.
+    """
+    if REF_ENERGY in atoms.info:
+        return float(atoms.info[REF_ENERGY])
+    calc = atoms.calc
+    if calc is not None and "energy" in getattr(calc, "results", {}):
+        return float(calc.results["energy"])
+    if "energy" in atoms.info:
+        return float(atoms.info["energy"])
+    return None
+
+
+def reference_forces(atoms: Atoms) -> np.ndarray | None:
+    """Reference forces, shape ``(n_atoms, 3)`` in eV/Å, or ``None`` when absent."""
+    if REF_FORCES in atoms.arrays:
+        return np.asarray(atoms.arrays[REF_FORCES], dtype=float)
+    calc = atoms.calc
+    if calc is not None and "forces" in getattr(calc, "results", {}):
+        return np.asarray(calc.results["forces"], dtype=float)
+    if "forces" in atoms.arrays:
+        return np.asarray(atoms.arrays["forces"], dtype=float)
+    return None
+
+
+def structure_hash(atoms: Atoms) -> str:
+    """Content hash of a configuration: atomic numbers, positions, cell, pbc, charge.
+
+    Two configurations with the same hash get the same label, which is what
+    lets a loop skip anything it has labelled before. Positions are rounded to
+    1e-6 Å so that a write/read round trip through extxyz keeps the hash.
+    """
+    h = hashlib.sha256()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.round(atoms.positions, _HASH_DECIMALS).astype(np.float64).tobytes())
+    h.update(np.round(np.asarray(atoms.cell), _HASH_DECIMALS).astype(np.float64).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
+    h.update(repr(atoms.info.get("charge", 0)).encode())
+    return h.hexdigest()[:24]
+
+
+def pool_hash(frames: Sequence[Atoms]) -> str:
+    """Content hash of a whole pool (order matters: indices refer to it)."""
+    h = hashlib.sha256()
+    for atoms in frames:
+        h.update(structure_hash(atoms).encode())
+    return h.hexdigest()[:24]
