@@ -120,3 +120,32 @@ def pool_hash(frames: Sequence[Atoms]) -> str:
     for atoms in frames:
         h.update(structure_hash(atoms).encode())
     return h.hexdigest()[:24]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    A crash leaves either the old file or the new one, never half of one.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_structures(path: str | os.PathLike, frames: Sequence[Atoms]) -> None:
+    """Write configurations as extended XYZ, atomically (see :func:`atomic_write_text`)."""
+    from ase.io import write
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        write(tmp, list(frames), format="extxyz")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,140 @@
+"""Information matrices of the linear-Gaussian model behind a kernel potential.
+
+With design rows x (features φ(A), unit noise) and prior precision λI, the
+posterior precision after labelling the rows of X is the information matrix
+
+    Λ = λ I + Xᵀ X,        Σ = Λ⁻¹,
+
+and the information gain of labelling x next is ½ log(1 + xᵀ Σ x) nats, the
+mutual information between its label and the parameters. Greedy maximisation
+of log det Λ is greedy maximisation of that gain; it is monotone submodular,
+so greedy is within (1 − 1/e) of the best design (Nemhauser, Wolsey & Fisher,
+Math. Program. 14, 265 (1978)). See DESIGN.md §2 and Atkinson, Donev & Tobias,
+"Optimum Experimental Designs, with SAS" (OUP 2007), ch. 9–11.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve
+
+from oed.errors import InputError
+
+#: Rows of the pool processed together, so n × d × d temporaries stay small.
+_CHUNK = 4096
+
+
+def check_features(X, name: str = "X", *, n_features: int | None = None) -> np.ndarray:
+    """Validate a feature matrix: 2-D, finite, float64.
+
+    Raises
+    ------
+    InputError
+        If ``X`` is not 2-D, holds NaN/inf, or has another feature count than
+        ``n_features``.
+    """
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2:
+        raise InputError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise InputError(f"{name} contains NaN or infinite values")
+    if n_features is not None and X.shape[1] != n_features:
+        raise InputError(f"{name} has {X.shape[1]} features, expected {n_features}")
+    return X
+
+
+def log_det_information(X, *, reg: float, X_train=None) -> float:
+    """log det(λI + XᵀX + X_trainᵀX_train) in nats, computed in the smaller space.
+
+    Parameters
+    ----------
+    X : array, shape (n, d)
+    reg : float
+        Prior precision λ > 0.
+    X_train : array, shape (m, d), optional
+
+    Returns
+    -------
+    float
+        Uses det(λI_d + RᵀR) = λ^d det(I_r + RRᵀ/λ) when the r stacked rows
+        are fewer than d.
+    """
+    X = check_features(X)
+    rows = X if X_train is None else np.vstack([check_features(X_train, "X_train", n_features=X.shape[1]), X])
+    r, d = rows.shape
+    if r < d:
+        gram = np.eye(r) + rows @ rows.T / reg
+        return float(d * np.log(reg) + np.linalg.slogdet(gram)[1])
+    return float(np.linalg.slogdet(reg * np.eye(d) + rows.T @ rows)[1])
+
+
+def posterior_covariance(n_features: int, *, reg: float, X_train=None) -> np.ndarray:
+    """Σ = (λI + X_trainᵀ X_train)⁻¹, shape ``(d, d)``, by a Cholesky solve."""
+    if X_train is None or len(X_train) == 0:
+        return np.eye(n_features) / reg
+    lam = reg * np.eye(n_features) + X_train.T @ X_train
+    return cho_solve(cho_factor(lam), np.eye(n_features))
+
+
+def _quadratic_forms(X: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """xᵢᵀ Σ xᵢ for every row, chunked."""
+    out = np.empty(len(X))
+    for start in range(0, len(X), _CHUNK):
+        block = X[start : start + _CHUNK]
+        out[start : start + len(block)] = np.einsum("ij,ij->i", block @ cov, block)
+    return out
+
+
+def greedy_information_gain(
+    X: np.ndarray,
+    n_select: int,
+    *,
+    reg: float,
+    X_train: np.ndarray | None = None,
+    order: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy D-optimal design by rank-one (Sherman–Morrison) updates of Σ.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, d)
+        Candidate feature rows.
+    n_select : int
+        Number of rows to pick, at most n.
+    reg : float
+        Prior precision λ > 0.
+    X_train : ndarray, shape (m, d), optional
+        Rows already labelled: the design is conditioned on them.
+    order : ndarray of int, optional
+        Score a given pick order instead of choosing greedily (used to report
+        the gains of any selection, e.g. random, on the same scale).
+
+    Returns
+    -------
+    selected : ndarray of int, shape (n_select,)
+        Row indices in pick order.
+    gains : ndarray, shape (n_select,)
+        Information gain ½ log(1 + xᵀΣx) of each pick given the earlier ones, in
+        nats; non-increasing for the greedy order (submodularity). Twice their
+        sum is the increase of log det Λ.
+    """
+    n, d = X.shape
+    cov = posterior_covariance(d, reg=reg, X_train=X_train)
+    var = _quadratic_forms(X, cov)
+    available = np.ones(n, dtype=bool)
+    selected = np.empty(n_select, dtype=int)
+    gains = np.empty(n_select)
+    for t in range(n_select):
+        if order is None:
+            # argmax over the rows still available; ties go to the lowest index.
+            j = int(np.argmax(np.where(available, var, -np.inf)))
+        else:
+            j = int(order[t])
+        v = max(var[j], 0.0)  # floor round-off below zero
+        selected[t], gains[t] = j, 0.5 * np.log1p(v)
+        available[j] = False
+        u = cov @ X[j]
+        denom = 1.0 + X[j] @ u
+        cov -= np.outer(u, u) / denom
+        var -= (X @ u) ** 2 / denom
+    return selected, gains
