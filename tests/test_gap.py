@@ -1,0 +1,215 @@
+"""GAP back-end (real gap_fit, small settings) and error metrics."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.io import read
+
+from loops.errors import ModelFitError, SetupError
+from loops.evaluate import Potential, error_metrics, evaluate
+from loops.gap import GAPModel, GAPSettings, find_gap_fit
+from oed.errors import InputError, NotFittedError, UnknownElementError
+
+DATA = Path(__file__).parent.parent / "data" / "ethanol"
+#: Small enough to fit in about a second on 8 ethanol configurations.
+SMALL = dict(n_max=4, l_max=3, n_sparse=50)
+
+
+@pytest.fixture(scope="module")
+def e0s() -> dict[str, float]:
+    atoms = read(DATA / "isolated_atoms.xyz", ":")
+    return {a.get_chemical_symbols()[0]: float(a.get_potential_energy()) for a in atoms}
+
+
+@pytest.fixture(scope="module")
+def train() -> list[Atoms]:
+    return read(DATA / "train.xyz", ":8")
+
+
+@pytest.fixture(scope="module")
+def test_frames() -> list[Atoms]:
+    return read(DATA / "test_MD.xyz", ":3")
+
+
+@pytest.fixture(scope="module")
+def fitted(train, e0s, tmp_path_factory) -> GAPModel:
+    return GAPModel(GAPSettings(**SMALL)).fit(train, e0s=e0s, workdir=tmp_path_factory.mktemp("gap"))
+
+
+def _mae(pred: list[np.ndarray], frames: list[Atoms]) -> float:
+    return float(np.mean(np.abs(np.concatenate(pred) - np.concatenate([a.get_forces() for a in frames]))))
+
+
+# -- settings ----------------------------------------------------------------------------------
+def test_settings_validation():
+    with pytest.raises(SetupError, match="cutoff"):
+        GAPSettings(cutoff=-1.0)
+    with pytest.raises(SetupError, match="n_max"):
+        GAPSettings(n_max=0)
+    with pytest.raises(SetupError, match="n_sparse"):
+        GAPSettings(n_sparse=2.5)
+    with pytest.raises(SetupError, match="cutoff_transition_width"):
+        GAPSettings(cutoff=1.0, cutoff_transition_width=1.0)
+    with pytest.raises(SetupError, match="sparse_method"):
+        GAPSettings(sparse_method="cur points")
+    with pytest.raises(SetupError, match="rnd_seed"):
+        GAPSettings(rnd_seed=0)  # gap_fit aborts on seed 0
+
+
+def test_command_one_descriptor_per_species_capped(e0s):
+    argv = GAPSettings(n_sparse=200).command(
+        "tr.xyz", "gap.xml", e0s, ["O", "H", "C"], n_envs={"H": 600, "C": 200, "O": 100}, executable="gf"
+    )
+    assert argv[0] == "gf" and "at_file=tr.xyz" in argv and "gp_file=gap.xml" in argv
+    gap = next(a for a in argv if a.startswith("gap={"))
+    descs = gap[len("gap={"):-1].split(" : ")
+    assert [d.split()[-1] for d in descs] == ["Z=1", "Z=6", "Z=8"]
+    assert [d.split("n_sparse=")[1].split()[0] for d in descs] == ["200", "200", "100"]
+    assert all("species_Z={{1 6 8}}" in d and "add_species=F" in d for d in descs)
+    e0 = next(a for a in argv if a.startswith("e0="))
+    assert e0 == f"e0={{H:{e0s['H']!r}:C:{e0s['C']!r}:O:{e0s['O']!r}}}"  # N not in the species: left out
+    with pytest.raises(SetupError, match="Si"):
+        GAPSettings().command("tr.xyz", "gap.xml", e0s, ["Si"])
+
+
+# -- fit / predict -------------------------------------------------------------------------------
+def test_fit_attributes_and_files(fitted):
+    assert fitted.species_ == ("H", "C", "O")
+    assert fitted.n_train_ == 8
+    assert set(fitted.e0s_) == {"H", "C", "O"}
+    work = fitted.potential_file_.parent
+    assert fitted.potential_file_.name == "gap.xml" and fitted.potential_file_.is_file()
+    assert (work / "train.xyz").is_file() and (work / "gap_fit.log").is_file()
+    assert len(list(work.glob("gap.xml.sparseX.*"))) == 3  # one descriptor per species
+    first = read(work / "train.xyz", 0)
+    assert "REF_energy" in first.info and "REF_forces" in first.arrays
+
+
+def test_predict_shapes_accuracy_and_no_mutation(fitted, train, test_frames):
+    frames = train[:3] + test_frames
+    before = [(a.positions.copy(), dict(a.info), a.calc) for a in frames]
+    energies, forces = fitted.predict(frames)
+    assert energies.shape == (6,) and np.all(np.isfinite(energies))
+    assert [f.shape for f in forces] == [(9, 3)] * 6 and all(np.all(np.isfinite(f)) for f in forces)
+    for a, (pos, info, calc) in zip(frames, before):
+        assert np.array_equal(a.positions, pos) and a.info == info and a.calc is calc
+    zero_baseline = float(np.mean(np.abs(np.concatenate([a.get_forces() for a in train[:3]]))))
+    assert _mae(forces[:3], train[:3]) < 0.5 * zero_baseline
+    assert np.all(np.abs(energies - [a.get_potential_energy() for a in frames]) / 9 < 0.1)  # eV/atom
+
+
+def test_load_gives_same_predictions(fitted, test_frames):
+    e1, f1 = fitted.predict(test_frames)
+    loaded = GAPModel.load(fitted.potential_file_)
+    assert loaded.species_ == fitted.species_ and loaded.n_train_ == 8
+    assert loaded.e0s_ == pytest.approx(fitted.e0s_)
+    e2, f2 = loaded.predict(test_frames, progress=True)
+    np.testing.assert_allclose(e2, e1, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(np.concatenate(f2), np.concatenate(f1), rtol=0, atol=1e-8)
+    clone = pickle.loads(pickle.dumps(fitted))  # the quippy object is not pickled
+    np.testing.assert_allclose(clone.predict(test_frames[:1])[0], e1[:1], atol=1e-8)
+
+
+def test_refit_is_reproducible_and_replaces_files(fitted, train, test_frames, e0s, tmp_path):
+    model = GAPModel(GAPSettings(**SMALL))
+    model.fit(train[:4], e0s=e0s, workdir=tmp_path)
+    model.fit(train, e0s=e0s, workdir=tmp_path)  # same workdir: the old potential goes
+    assert len(list(tmp_path.glob("gap.xml.sparseX.*"))) == 3 and model.n_train_ == 8
+    np.testing.assert_allclose(model.predict(test_frames)[0], fitted.predict(test_frames)[0], atol=1e-8)
+
+
+def test_unseen_element(fitted, e0s):
+    nh3 = Atoms("NH3", positions=[[0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    with pytest.raises(UnknownElementError, match="N"):
+        fitted.predict([nh3])
+
+
+def test_not_fitted():
+    with pytest.raises(NotFittedError):
+        GAPModel().predict([Atoms("H2", positions=[[0, 0, 0], [0.7, 0, 0]])])
+    with pytest.raises(InputError, match="not found"):
+        GAPModel.load("/nonexistent/gap.xml")
+
+
+def test_missing_e0(train, e0s, tmp_path):
+    with pytest.raises(SetupError, match="O"):
+        GAPModel(GAPSettings(**SMALL)).fit(train[:2], e0s={"H": e0s["H"], "C": e0s["C"]}, workdir=tmp_path)
+
+
+def test_unlabelled_frame(train, e0s, tmp_path):
+    bare = Atoms(train[1].numbers, train[1].positions)
+    with pytest.raises(InputError, match="configuration 1"):
+        GAPModel(GAPSettings(**SMALL)).fit([train[0], bare], e0s=e0s, workdir=tmp_path)
+
+
+def test_gap_fit_failure(train, e0s, tmp_path):
+    model = GAPModel(GAPSettings(**SMALL, sparse_method="no_such_method"))
+    with pytest.raises(ModelFitError, match="gap_fit") as info:
+        model.fit(train[:2], e0s=e0s, workdir=tmp_path)
+    assert "gap_fit.log" in str(info.value)
+    assert "unknown sparse method no_such_method" in str(info.value)  # gap_fit's reason quoted
+    assert not (tmp_path / "gap.xml").exists()
+    with pytest.raises(NotFittedError):
+        model.predict(train[:1])
+    refit = GAPModel(GAPSettings(**SMALL)).fit(train[:2], e0s=e0s, workdir=tmp_path)
+    refit.settings = model.settings  # a failed refit leaves the model unfitted
+    with pytest.raises(ModelFitError):
+        refit.fit(train[:2], e0s=e0s, workdir=tmp_path)
+    with pytest.raises(NotFittedError):
+        refit.predict(train[:1])
+
+
+def test_find_gap_fit(monkeypatch, tmp_path):
+    assert Path(find_gap_fit()).name == "gap_fit"
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SetupError, match="quippy-ase"):
+        find_gap_fit()
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def test_error_metrics_by_hand():
+    ref_e, pred_e, n = [-10.0, -20.0], [-9.9, -20.4], [2, 4]  # errors +0.1 eV / 2, -0.4 eV / 4
+    ref_f = [np.zeros((2, 3)), np.zeros((4, 3))]
+    pred_f = [np.full((2, 3), 0.01), np.full((4, 3), -0.02)]
+    m = error_metrics(ref_e, pred_e, n, ref_f, pred_f)
+    assert m["energy_mae"] == pytest.approx((50 + 100) / 2)  # meV/atom
+    assert m["energy_rmse"] == pytest.approx(np.sqrt((50**2 + 100**2) / 2))
+    assert m["force_mae"] == pytest.approx((6 * 10 + 12 * 20) / 18)  # meV/Å
+    assert m["force_rmse"] == pytest.approx(np.sqrt((6 * 100 + 12 * 400) / 18))
+    assert m["n_configs"] == 2 and m["n_force_components"] == 18
+
+    only_e = error_metrics(ref_e, pred_e, n, None, None)
+    assert set(only_e) == {"energy_mae", "energy_rmse", "n_configs"}
+    with pytest.raises(InputError):
+        error_metrics(None, None, None, None, None)
+    with pytest.raises(InputError):
+        error_metrics(ref_e, pred_e[:1], n, None, None)
+
+
+class _Shifted:
+    """A fake potential: reference labels plus a constant offset."""
+
+    def predict(self, frames):
+        return (np.array([a.get_potential_energy() + 0.9 for a in frames]),
+                [np.zeros((len(a), 3)) if "forces" not in a.calc.results else a.get_forces() + 0.001
+                 for a in frames])
+
+
+def test_evaluate_skips_missing_labels(test_frames, fitted):
+    assert isinstance(_Shifted(), Potential) and isinstance(fitted, Potential)
+    m = evaluate(_Shifted(), test_frames)
+    assert m["energy_mae"] == pytest.approx(100.0) and m["force_mae"] == pytest.approx(1.0)
+    energy_only = read(DATA / "test_norm_mode_874.xyz", ":2")
+    m = evaluate(_Shifted(), energy_only)
+    assert "force_mae" not in m and "n_force_components" not in m and m["n_configs"] == 2
+    with pytest.raises(InputError):
+        evaluate(_Shifted(), [Atoms(a.numbers, a.positions) for a in test_frames])
+    real = evaluate(fitted, test_frames)
+    assert np.isfinite(real["force_mae"]) and real["n_force_components"] == 81
