@@ -1,4 +1,4 @@
-"""oed.loops: everything that touches the outside world.
+"""loops: everything that touches the outside world.
 
 Reference labels (PySCF), model fitting (GAP via ``gap_fit``), evaluation and
 the active-learning loop with its ase.db store. Imports :mod:`oed`; :mod:`oed`
