@@ -23,6 +23,10 @@ def plot_learning_curve(results: list[dict], path: str | os.PathLike, *, title: 
 
     n = [r["n_labelled"] for r in results]
     names = sorted({name for r in results for name in r["errors"]})
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    # one colour per test set in both panels
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, key, label in (
         (axes[0], "force_mae", "force MAE (meV/Å)"),
@@ -32,9 +36,13 @@ def plot_learning_curve(results: list[dict], path: str | os.PathLike, *, title: 
             ys = [r["errors"].get(name, {}).get(key) for r in results]
             pts = [(x, y) for x, y in zip(n, ys) if y is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
+                ax.plot(*zip(*pts), marker="o", label=name, color=colours[name])
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # 10, 20, 50 rather than 10^1, 2x10^1
+            axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("labelled configurations")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)

@@ -152,21 +152,29 @@ def label(
 
 
 def _results_table(results: list[dict], title: str) -> Table:
-    names = sorted({n for r in results for n in r["errors"]})
+    """One row per round and test set: narrow enough for an 80-column terminal."""
     table = Table(title=title)
-    table.add_column("round", justify="right")
-    table.add_column("labels", justify="right")
-    for n in names:
-        table.add_column(f"{n}\nF-MAE meV/Å", justify="right")
-        table.add_column(f"{n}\nE-MAE meV/at", justify="right")
+    for name, justify in (("round", "right"), ("labels", "right"), ("test set", "left"),
+                          ("E-MAE\nmeV/atom", "right"), ("E-RMSE\nmeV/atom", "right"),
+                          ("F-MAE\nmeV/Å", "right"), ("F-RMSE\nmeV/Å", "right")):
+        table.add_column(name, justify=justify)
+
+    def cell(e: dict, key: str, fmt: str) -> str:
+        return format(e[key], fmt) if key in e else "–"
+
     for r in results:
-        row = [str(r["round"]), str(r["n_labelled"])]
-        for n in names:
-            e = r["errors"].get(n, {})
-            row.append(f"{e['force_mae']:.1f}" if "force_mae" in e else "–")
-            row.append(f"{e['energy_mae']:.2f}" if "energy_mae" in e else "–")
-        table.add_row(*row)
+        names = sorted(r["errors"])
+        for j, name in enumerate(names):
+            e = r["errors"][name]
+            table.add_row(str(r["round"]) if j == 0 else "", str(r["n_labelled"]) if j == 0 else "", name,
+                          cell(e, "energy_mae", ".2f"), cell(e, "energy_rmse", ".2f"),
+                          cell(e, "force_mae", ".1f"), cell(e, "force_rmse", ".1f"),
+                          end_section=j == len(names) - 1)
     return table
+
+
+def _log(message: str) -> None:
+    err.print(message, highlight=False, soft_wrap=True)
 
 
 def _run_loop(config, scheduler: Optional[str] = None) -> list[dict]:
@@ -177,12 +185,13 @@ def _run_loop(config, scheduler: Optional[str] = None) -> list[dict]:
         from distributed import Client
 
         with Client(scheduler) as client:
-            results = run_loop(config, log=lambda m: err.print(m, highlight=False), client=client)
+            results = run_loop(config, log=_log, client=client)
     else:
-        results = run_loop(config, log=lambda m: err.print(m, highlight=False))
+        results = run_loop(config, log=_log)
     out.print(_results_table(results, f"{config.strategy} @ {config.method}: errors per round"))
-    out.print(f"results: {Path(config.out) / 'results.json'}   learning curve: "
-              f"{Path(config.out) / 'learning_curve.png'}   wall time {time.perf_counter() - t0:.0f} s")
+    out.print(f"results: {Path(config.out) / 'results.json'}", soft_wrap=True)
+    out.print(f"learning curve: {Path(config.out) / 'learning_curve.png'}", soft_wrap=True)
+    out.print(f"wall time: {time.perf_counter() - t0:.0f} s")
     return results
 
 
@@ -222,8 +231,8 @@ def demo(
     """Active learning on the bundled ethanol data at pbe/def2-svp (about 10 minutes on 2 cores).
 
     Pool: 1000 rMD17 ethanol configurations (their labels are ignored and
-    recomputed with PySCF). Initial D-optimal design of 10, then 4 rounds of
-    10; GAP refitted each round; errors on 200 configurations of test_MD (in
+    recomputed with PySCF). Initial design of 20, then 4 rounds of 20
+    picked with the information matrix conditioned on the labels so far; GAP refitted each round; errors on 200 configurations of test_MD (in
     distribution) and on the normal-mode and H-removal sets (out of distribution).
     """
     from loops.loop import LoopConfig
@@ -238,7 +247,7 @@ def demo(
         DATA_DIR / "ethanol_pyscf" / "test_norm_mode_3005.xyz",
         eth / "test_H_removal.xyz",
     )
-    config = LoopConfig(pool=eth / "train.xyz", tests=tests, out=out_dir, n_init=10, batch_size=10,
+    config = LoopConfig(pool=eth / "train.xyz", tests=tests, out=out_dir, n_init=20, batch_size=20,
                         n_rounds=4, strategy=strategy, method="pbe/def2-svp", seed=0, test_limit=200)
     _run_loop(config)
 
