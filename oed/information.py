@@ -15,6 +15,8 @@ Math. Program. 14, 265 (1978)). See DESIGN.md §2 and Atkinson, Donev & Tobias,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
@@ -22,6 +24,74 @@ from oed.errors import InputError
 
 #: Rows of the pool processed together, so n × d × d temporaries stay small.
 _CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class DesignBlocks:
+    """Rows of the design matrix grouped by configuration: the block J(A) of each.
+
+    A configuration contributes one energy row φ(A)ᵀ/σ_E and, with force
+    information, 3N force rows −∂φ/∂r/σ_F (DESIGN.md §1). Blocks are stored
+    stacked; block ``i`` is ``rows[offsets[i]:offsets[i + 1]]`` and its first
+    row is always the energy row.
+
+    Attributes
+    ----------
+    rows : ndarray, shape (n_rows, n_features)
+        All rows, configuration after configuration (dimensionless: already
+        divided by the noise σ).
+    offsets : ndarray of int, shape (n_configs + 1,)
+        Start of each block; ``offsets[0] == 0``, ``offsets[-1] == n_rows``.
+    """
+
+    rows: np.ndarray
+    offsets: np.ndarray
+
+    def __post_init__(self) -> None:
+        rows = check_features(self.rows, "rows")
+        off = np.asarray(self.offsets, dtype=np.int64)
+        if off.ndim != 1 or len(off) < 1 or off[0] != 0 or off[-1] != len(rows) or np.any(np.diff(off) < 1):
+            raise InputError("offsets must start at 0, end at n_rows and give every block >= 1 row")
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "offsets", off)
+
+    @classmethod
+    def from_features(cls, X) -> DesignBlocks:
+        """Energy-only blocks: one row per configuration, shape (n, d) → n blocks."""
+        X = check_features(X)
+        return cls(X, np.arange(len(X) + 1))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_features(self) -> int:
+        return self.rows.shape[1]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Rows per configuration, shape (n_configs,)."""
+        return np.diff(self.offsets)
+
+    def block(self, i: int) -> np.ndarray:
+        """Rows of configuration ``i``, shape (r_i, n_features)."""
+        return self.rows[self.offsets[i] : self.offsets[i + 1]]
+
+    def energy_rows(self) -> np.ndarray:
+        """First (energy) row of every block, shape (n_configs, n_features)."""
+        return self.rows[self.offsets[:-1]]
+
+    def subset(self, idx) -> DesignBlocks:
+        """Blocks ``idx`` (in that order) as a new DesignBlocks."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        sizes = self.sizes[idx]
+        take = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]) if len(idx) else np.zeros(0, np.int64)
+        return DesignBlocks(self.rows[take], np.concatenate([[0], np.cumsum(sizes)]))
+
+
+def as_blocks(X) -> DesignBlocks:
+    """``X`` as DesignBlocks: a 2-D array becomes energy-only blocks."""
+    return X if isinstance(X, DesignBlocks) else DesignBlocks.from_features(X)
 
 
 def check_features(X, name: str = "X", *, n_features: int | None = None) -> np.ndarray:
