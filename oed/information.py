@@ -18,13 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
 
 from oed.errors import InputError
-
-#: Rows of the pool processed together, so n × d × d temporaries stay small.
-_CHUNK = 4096
-
 
 @dataclass(frozen=True)
 class DesignBlocks:
@@ -136,75 +131,3 @@ def log_det_information(X, *, reg: float, X_train=None) -> float:
         gram = np.eye(r) + rows @ rows.T / reg
         return float(d * np.log(reg) + np.linalg.slogdet(gram)[1])
     return float(np.linalg.slogdet(reg * np.eye(d) + rows.T @ rows)[1])
-
-
-def posterior_covariance(n_features: int, *, reg: float, X_train=None) -> np.ndarray:
-    """Σ = (λI + X_trainᵀ X_train)⁻¹, shape ``(d, d)``, by a Cholesky solve."""
-    if X_train is None or len(X_train) == 0:
-        return np.eye(n_features) / reg
-    lam = reg * np.eye(n_features) + X_train.T @ X_train
-    return cho_solve(cho_factor(lam), np.eye(n_features))
-
-
-def _quadratic_forms(X: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """xᵢᵀ Σ xᵢ for every row, chunked."""
-    out = np.empty(len(X))
-    for start in range(0, len(X), _CHUNK):
-        block = X[start : start + _CHUNK]
-        out[start : start + len(block)] = np.einsum("ij,ij->i", block @ cov, block)
-    return out
-
-
-def greedy_information_gain(
-    X: np.ndarray,
-    n_select: int,
-    *,
-    reg: float,
-    X_train: np.ndarray | None = None,
-    order: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy D-optimal design by rank-one (Sherman–Morrison) updates of Σ.
-
-    Parameters
-    ----------
-    X : ndarray, shape (n, d)
-        Candidate feature rows.
-    n_select : int
-        Number of rows to pick, at most n.
-    reg : float
-        Prior precision λ > 0.
-    X_train : ndarray, shape (m, d), optional
-        Rows already labelled: the design is conditioned on them.
-    order : ndarray of int, optional
-        Score a given pick order instead of choosing greedily (used to report
-        the gains of any selection, e.g. random, on the same scale).
-
-    Returns
-    -------
-    selected : ndarray of int, shape (n_select,)
-        Row indices in pick order.
-    gains : ndarray, shape (n_select,)
-        Information gain ½ log(1 + xᵀΣx) of each pick given the earlier ones, in
-        nats; non-increasing for the greedy order (submodularity). Twice their
-        sum is the increase of log det Λ.
-    """
-    n, d = X.shape
-    cov = posterior_covariance(d, reg=reg, X_train=X_train)
-    var = _quadratic_forms(X, cov)
-    available = np.ones(n, dtype=bool)
-    selected = np.empty(n_select, dtype=int)
-    gains = np.empty(n_select)
-    for t in range(n_select):
-        if order is None:
-            # argmax over the rows still available; ties go to the lowest index.
-            j = int(np.argmax(np.where(available, var, -np.inf)))
-        else:
-            j = int(order[t])
-        v = max(var[j], 0.0)  # floor round-off below zero
-        selected[t], gains[t] = j, 0.5 * np.log1p(v)
-        available[j] = False
-        u = cov @ X[j]
-        denom = 1.0 + X[j] @ u
-        cov -= np.outer(u, u) / denom
-        var -= (X @ u) ** 2 / denom
-    return selected, gains

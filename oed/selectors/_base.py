@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from oed.errors import InputError, NotFittedError
-from oed.information import check_features
+from oed.information import DesignBlocks, as_blocks, check_features
 
 
 @runtime_checkable
@@ -40,12 +40,26 @@ class SelectorMixin:
         ]
         return {name: getattr(self, name) for name in names}
 
-    def _validate(self, X, X_train) -> tuple[np.ndarray, np.ndarray | None, int]:
-        X = check_features(X)
+    def _validate(self, X, X_train, *, blocks: bool = False):
+        """Check inputs; returns ``(X, X_train, k)``.
+
+        ``X``/``X_train`` may be arrays (n, d) or :class:`DesignBlocks`. With
+        ``blocks=False`` blocks become their energy rows (structure features);
+        with ``blocks=True`` both come back as DesignBlocks.
+        """
+        if blocks:
+            X = as_blocks(X)
+            if X_train is not None:
+                X_train = as_blocks(X_train)
+                if X_train.n_features != X.n_features:
+                    raise InputError(f"X_train has {X_train.n_features} features, expected {X.n_features}")
+        else:
+            X = X.energy_rows() if isinstance(X, DesignBlocks) else check_features(X)
+            if X_train is not None:
+                X_train = X_train.energy_rows() if isinstance(X_train, DesignBlocks) else X_train
+                X_train = check_features(X_train, "X_train", n_features=X.shape[1])
         if len(X) == 0:
             raise InputError("the candidate pool is empty: nothing to select from")
-        if X_train is not None:
-            X_train = check_features(X_train, "X_train", n_features=X.shape[1])
         k = self.n_to_select
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"n_to_select must be a positive integer, got {k!r}")

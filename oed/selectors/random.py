@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from oed.errors import InputError
-from oed.information import greedy_information_gain
 from oed.selectors._base import SelectorMixin
+from oed.selectors._greedy import check_reg, run_greedy
+from oed.selectors.d_optimal import log_det_gain
 
 
 class RandomSelector(SelectorMixin):
@@ -39,14 +39,10 @@ class RandomSelector(SelectorMixin):
         self.reg = reg
 
     def fit(self, X, *, X_train=None) -> RandomSelector:
-        """Select from the pool; see :class:`GreedyDOptimal.fit` for shapes and errors."""
-        X, X_train, k = self._validate(X, X_train)
-        if not (isinstance(self.reg, (int, float)) and self.reg > 0):
-            raise InputError(f"reg must be a positive number, got {self.reg!r}")
-        rng = np.random.default_rng(self.random_state)
-        order = rng.permutation(len(X))[:k]
-        _, gains = greedy_information_gain(X, k, reg=float(self.reg), X_train=X_train, order=order)
-        self.selected_idx_ = order
-        self.gains_ = gains
-        self.n_selected_ = k
+        """Select from the pool; see :meth:`GreedyDOptimal.fit` for shapes and errors."""
+        X, X_train, k = self._validate(X, X_train, blocks=True)
+        reg = check_reg(self.reg)
+        order = np.random.default_rng(self.random_state).permutation(len(X))[:k]
+        _, gains, _, _ = run_greedy(X, X_train, k, reg=reg, score=log_det_gain, order=order)
+        self.selected_idx_, self.gains_, self.n_selected_ = order, gains, k
         return self
