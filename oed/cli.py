@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -149,6 +150,72 @@ def label(
         err.print(f"[red]configuration {r.index}: {r.error}[/]")
     if failed:
         raise typer.Exit(code=1)
+
+
+@app.command()
+@_clean_errors
+def domain(
+    train: Annotated[Path, typer.Argument(help="Training configurations (extxyz): the known domain.")],
+    candidates: Annotated[list[Path], typer.Argument(help="Candidate configurations (one or more extxyz files).")],
+    per_structure: Annotated[bool, typer.Option("--per-structure", help="Grade summed structure features instead of atoms.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a γ plot (PNG) per candidate file.")] = None,
+) -> None:
+    """Extrapolation grade γ of candidates against a training set (MaxVol active set).
+
+    γ ≤ 1 interpolates, γ > 1 extrapolates (Podryabinkin & Shapeev 2017;
+    Lysogorskiy et al. 2023). A configuration's γ is the largest of its atoms'
+    (per element). Typical action thresholds: warn at γ > 2, stop at γ > 10.
+    """
+    from oed.domain import GAMMA_STOP, GAMMA_WARN, ExtrapolationGrade, plot_gamma
+    from oed.io import read_structures
+
+    train_frames = read_structures(train, what="training set")
+    sets = {Path(p).stem: read_structures(p, what="candidate file") for p in candidates}
+    if len(sets) != len(candidates):
+        from oed.errors import InputError
+
+        raise InputError("candidate files must have distinct names")
+    with err.status(f"MaxVol active set of {len(train_frames)} training configurations"):
+        grader = ExtrapolationGrade(per_atom=not per_structure).fit(train_frames)
+        gammas = {name: np.asarray(grader.transform(frames)) for name, frames in sets.items()}
+    summary = {
+        name: {
+            "n": int(len(g)),
+            "median": float(np.median(g)),
+            "max": float(np.max(g)),
+            "fraction_extrapolating": float(np.mean(g > 1.0)),
+            "fraction_above_warn": float(np.mean(g > GAMMA_WARN)),
+            "fraction_above_stop": float(np.mean(g > GAMMA_STOP)),
+        }
+        for name, g in gammas.items()
+    }
+    if plot is not None:
+        plot_gamma(gammas, plot, title=f"extrapolation grade vs {Path(train).name}")
+    if as_json:
+        payload = {
+            "train": str(train),
+            "gamma": [_finite(x) for g in gammas.values() for x in g],
+            "extrapolating": [bool(x > 1.0) for g in gammas.values() for x in g],
+            "sets": {name: {**summary[name], "gamma": [_finite(x) for x in g]} for name, g in gammas.items()},
+        }
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    table = Table(title=f"extrapolation grade γ against {Path(train).name} ({len(train_frames)} configurations)")
+    for col in ("candidates", "n", "median γ", "max γ", "γ > 1", f"γ > {GAMMA_WARN:g}", f"γ > {GAMMA_STOP:g}"):
+        table.add_column(col, justify="left" if col == "candidates" else "right")
+    for name, row in summary.items():
+        table.add_row(name, str(row["n"]), f"{row['median']:.2f}", f"{row['max']:.2f}",
+                      f"{100 * row['fraction_extrapolating']:.0f}%", f"{100 * row['fraction_above_warn']:.0f}%",
+                      f"{100 * row['fraction_above_stop']:.0f}%")
+    out.print(table)
+    if plot is not None:
+        out.print(f"plot written to {plot}")
+
+
+def _finite(x: float):
+    """JSON has no infinity: an element absent from training is reported as null."""
+    return float(x) if np.isfinite(x) else None
 
 
 def _results_table(results: list[dict], title: str) -> Table:
