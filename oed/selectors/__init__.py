@@ -16,6 +16,12 @@ from oed.selectors._base import Selector, check_is_fitted
 REGISTRY: dict[str, str] = {
     "random": "oed.selectors.random:RandomSelector",
     "d-optimal": "oed.selectors.d_optimal:GreedyDOptimal",
+    "a-optimal": "oed.selectors.a_optimal:GreedyAOptimal",
+    "i-optimal": "oed.selectors.i_optimal:GreedyIOptimal",
+    "fps": "oed.selectors.fps:FarthestPointSampling",
+    "cur": "oed.selectors.cur:CURSelector",
+    "kmeans": "oed.selectors.kmeans:KMeansMedoids",
+    "info-gain": "oed.selectors.info_gain:GPInformationGain",
 }
 
 
