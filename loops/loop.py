@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from oed.descriptors import SOAPDescriptor
-from oed.design import structure_features
+from oed.design import DEFAULT_REG, FeatureSpec, design_features, fit_selector
 from oed.errors import InputError, UnknownElementError
 from oed.io import atomic_write_text, pool_hash, read_structures, structure_hash, write_structures
-from oed.selectors import make_selector, selector_class
+from oed.selectors import selector_class
 from loops.errors import RunMismatchError
 from loops.gap import GAPModel, GAPSettings
 from loops.store import LabelStore
@@ -68,7 +67,9 @@ class LoopConfig:
         Evaluate on at most this many configurations per test file, evenly
         spaced through the file (for quick demos).
     reg : float
-        Prior precision of the information matrix.
+        Prior precision of the information matrix (rows scaled by the expected errors).
+    features : FeatureSpec
+        Feature map and information rows the selector works on.
     gap : GAPSettings
     """
 
@@ -85,7 +86,8 @@ class LoopConfig:
     workers: int | None = None
     e0s_file: Path | None = None
     test_limit: int | None = None
-    reg: float = 1e-3
+    reg: float = DEFAULT_REG
+    features: FeatureSpec = field(default_factory=FeatureSpec)
     gap: GAPSettings = field(default_factory=GAPSettings)
 
     def validate(self) -> None:
@@ -115,6 +117,7 @@ class LoopConfig:
         if dup:
             raise InputError(f"test files must have distinct names, repeated: {', '.join(dup)}")
         self.gap.validate()
+        self.features.validate()
 
     def fingerprint(self, pool_digest: str) -> dict:
         """The settings that fix picks and labels: a resumed run must match them."""
@@ -129,6 +132,7 @@ class LoopConfig:
             "seed": self.seed,
             "test_limit": self.test_limit,
             "reg": self.reg,
+            "features": asdict(self.features),
             "gap": asdict(self.gap),
         }
 
@@ -249,8 +253,9 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
     store = LabelStore(out / "labels.db", method)
     e0s = _load_e0s(config, species, out, log)
 
-    log(f"SOAP features of {len(pool)} pool configurations")
-    X, _ = structure_features(pool, descriptor=SOAPDescriptor(species=species))
+    log(f"{config.features.kind} features of {len(pool)} pool configurations"
+        + (" with force rows" if config.features.forces else ""))
+    X, _, _ = design_features(pool, config.features, progress=progress)
     picks: dict[str, list[int]] = _read_json(out / "picks.json", {})
     results: list[dict] = _read_json(out / "results.json", [])
     done_rounds = {r["round"] for r in results}
@@ -266,8 +271,9 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
                 break
             name = (config.init_strategy or config.strategy) if rnd == 0 else config.strategy
             k = config.n_init if rnd == 0 else config.batch_size
-            selector = make_selector(name, min(k, len(candidates)), seed=config.seed + rnd, reg=config.reg)
-            selector.fit(X[candidates], X_train=X[labelled] if labelled else None)
+            selector = fit_selector(name, min(k, len(candidates)), X.subset(candidates),
+                                    X_train=X.subset(labelled) if labelled else None,
+                                    seed=config.seed + rnd, reg=config.reg)
             picks[str(rnd)] = [int(candidates[j]) for j in selector.selected_idx_]
             atomic_write_text(out / "picks.json", json.dumps(picks))
         batch = picks[str(rnd)]

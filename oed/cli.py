@@ -58,22 +58,47 @@ def _parse_workers(workers: Optional[int]) -> Optional[int]:
     return workers
 
 
+# Feature options shared by rank and plan.
+FeaturesOpt = Annotated[str, typer.Option("--features", help="Information rows: energy, or energy + 3N forces.")]
+DescriptorOpt = Annotated[str, typer.Option("--descriptor", help="Feature map: soap (summed SOAP) or gap-kernel.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="SOAP implementation: dscribe or quippy.")]
+RegOpt = Annotated[float, typer.Option("--reg", help="Prior precision λ = 1/δ² (δ: prior atomic-energy scale, eV).")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature cache folder (default: none).")]
+
+
+def _spec(features: str, descriptor: str, backend: str):
+    from oed.design import FeatureSpec
+    from oed.errors import InputError
+
+    if features not in ("energy", "forces"):
+        raise InputError(f"--features must be energy or forces, got {features!r}")
+    spec = FeatureSpec(kind=descriptor, backend=backend, forces=features == "forces")
+    spec.validate()
+    return spec
+
+
 @app.command()
 @_clean_errors
 def rank(
     pool: Annotated[Path, typer.Argument(help="Candidate configurations (extxyz).")],
     budget: Annotated[int, typer.Option("--budget", "-k", help="Number of configurations to pick.")],
-    strategy: Annotated[str, typer.Option(help="Selection strategy (d-optimal, random, ...).")] = "d-optimal",
+    strategy: Annotated[str, typer.Option(help="Selection strategy (d-optimal, a-optimal, i-optimal, info-gain, fps, cur, kmeans, random).")] = "d-optimal",
     train: Annotated[Optional[Path], typer.Option(help="Configurations already labelled: picks add to them.")] = None,
+    target: Annotated[Optional[Path], typer.Option(help="Target configurations (i-optimal, info-gain).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (random strategies).")] = 0,
-    reg: Annotated[float, typer.Option(help="Prior precision λ of the information matrix.")] = 1e-3,
+    features: FeaturesOpt = "energy",
+    descriptor: DescriptorOpt = "soap",
+    backend: BackendOpt = "dscribe",
+    reg: RegOpt = 1.0,
+    cache_dir: CacheOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the picks, in pick order, as extxyz.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")] = False,
 ) -> None:
     """Rank a pool of unlabelled configurations: which to label first.
 
-    Features are summed SOAP vectors (dscribe; r_cut 5 Å, n_max 8, l_max 6,
-    σ 0.5 Å); gains are information gains in nats.
+    Design rows are SOAP-based features divided by the expected errors
+    (σ_E = 1 meV/atom, σ_F = 20 meV/Å); gains are in the strategy's units
+    (nats of information for d-optimal and random).
     """
     from oed.design import rank_pool
     from oed.errors import InputError
@@ -81,11 +106,14 @@ def rank(
 
     if budget < 1:
         raise InputError(f"--budget must be >= 1, got {budget}")
+    spec = _spec(features, descriptor, backend)
     frames = read_structures(pool, what="pool")
     train_frames = read_structures(train, what="training set") if train else []
+    target_frames = read_structures(target, what="target set") if target else []
     t0 = time.perf_counter()
-    with err.status(f"SOAP features and {strategy} selection over {len(frames)} configurations"):
-        ranking = rank_pool(frames, budget, strategy=strategy, train=train_frames, seed=seed, reg=reg)
+    with err.status(f"{descriptor} features ({features}) and {strategy} selection over {len(frames)} configurations"):
+        ranking = rank_pool(frames, budget, strategy=strategy, train=train_frames, target=target_frames,
+                            seed=seed, reg=reg, spec=spec, cache_dir=cache_dir if cache_dir else False)
     seconds = time.perf_counter() - t0
     if output is not None:
         picked = []
@@ -100,6 +128,8 @@ def rank(
             "strategy": strategy,
             "pool": str(pool),
             "budget": budget,
+            "features": features,
+            "descriptor": descriptor,
             "selected": [int(i) for i in ranking.selected],
             "gains": [float(g) for g in ranking.gains],
             "log_det": ranking.log_det,
@@ -110,13 +140,136 @@ def rank(
     table = Table(title=f"{strategy}: {len(ranking.selected)} of {len(frames)} configurations")
     table.add_column("rank", justify="right")
     table.add_column("pool index", justify="right")
-    table.add_column("gain (nats)", justify="right")
+    table.add_column("gain", justify="right")
     for r, (i, g) in enumerate(zip(ranking.selected, ranking.gains)):
-        table.add_row(str(r + 1), str(int(i)), f"{g:.4f}")
+        table.add_row(str(r + 1), str(int(i)), f"{g:.4g}")
     out.print(table)
     out.print(f"log det information = {ranking.log_det:.2f}   ({seconds:.1f} s)")
     if output is not None:
         out.print(f"picks written to {output}")
+
+
+@app.command()
+@_clean_errors
+def plan(
+    pool: Annotated[Path, typer.Argument(help="Candidate configurations (extxyz).")],
+    budgets: Annotated[str, typer.Option(help="Comma-separated budgets.")] = "10,20,50,100,200",
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = "d-optimal,i-optimal,random",
+    train: Annotated[Optional[Path], typer.Option(help="Labelled configurations: condition on them and calibrate σ and prior scale.")] = None,
+    target: Annotated[Optional[Path], typer.Option(help="Where the model will be used (default: the pool).")] = None,
+    target_variance: Annotated[Optional[float], typer.Option(help="Report the smallest budget reaching this mean variance (σ² units).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    features: FeaturesOpt = "energy",
+    descriptor: DescriptorOpt = "soap",
+    backend: BackendOpt = "dscribe",
+    reg: RegOpt = 1.0,
+    cache_dir: CacheOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the forecast plot (PNG).")] = None,
+) -> None:
+    """Forecast, before any DFT, how the model's uncertainty falls with the labelling budget.
+
+    Per strategy and budget: the mean posterior predictive variance over the
+    target (σ² units; rows are scaled by the expected errors), the effective
+    dimension of the information matrix and, with a labelled --train set and
+    --features forces, a forecast force RMSE in meV/Å (Barzdajn & Race 2025).
+    """
+    from oed.design import design_features, train_energies
+    from oed.errors import InputError
+    from oed.forecast import calibrate, forecast
+    from oed.io import read_structures
+
+    try:
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        raise InputError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
+    names = [n.strip() for n in strategies.split(",") if n.strip()]
+    if not names:
+        raise InputError("--strategies is empty")
+    spec = _spec(features, descriptor, backend)
+    frames = read_structures(pool, what="pool")
+    train_frames = read_structures(train, what="training set") if train else []
+    target_frames = read_structures(target, what="target set") if target else []
+    t0 = time.perf_counter()
+    with err.status(f"{descriptor} features ({features}) of {len(frames)} configurations"):
+        X, X_train, X_target = design_features(frames, spec, train=train_frames, target=target_frames,
+                                               cache_dir=cache_dir if cache_dir else False)
+    calibration, force_rows = None, None
+    if train_frames:
+        labels = _scaled_labels(train_frames, spec)
+        if labels is not None:
+            calibration = calibrate(X_train.rows, labels)
+            reg = calibration.reg
+            err.print(f"calibrated on {calibration.n_rows} labelled rows: noise ×{calibration.noise_scale:.3g}, "
+                      f"prior scale {calibration.prior_scale:.3g}, λ = {reg:.3g}", highlight=False)
+    tgt = X if X_target is None else X_target
+    if spec.forces:
+        force_rows = np.ones(len(tgt.rows), dtype=bool)
+        force_rows[tgt.offsets[:-1]] = False
+    with err.status(f"forecasting {', '.join(names)} at budgets {', '.join(map(str, budget_list))}"):
+        fc = forecast(X, budget_list, names, X_train=X_train, X_target=X_target,
+                      y_train=train_energies(train_frames) if train_frames else None, reg=reg, seed=seed,
+                      target_variance=target_variance, force_rows=force_rows, sigma_force=spec.sigma_force,
+                      calibration=calibration)
+    seconds = time.perf_counter() - t0
+    if plot is not None:
+        from oed.plots import plot_forecast
+
+        plot_forecast(fc, plot, title=f"{Path(pool).name}: {descriptor} features, {features} rows")
+    if as_json:
+        payload = {
+            "pool": str(pool),
+            "target": str(target) if target else None,
+            "features": features,
+            "descriptor": descriptor,
+            "reg": reg,
+            "calibration": None if calibration is None else calibration.__dict__,
+            "strategies": {
+                name: {k: v for k, v in f.__dict__.items() if k != "selected" and v is not None}
+                for name, f in fc.items()
+            },
+            "seconds": round(seconds, 2),
+        }
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    table = Table(title=f"forecast over {'the pool' if not target else Path(target).name}: mean predictive variance (σ²)")
+    table.add_column("strategy")
+    for b in sorted(set(budget_list)):
+        table.add_column(f"k={b}", justify="right")
+    table.add_column("d_eff at max k", justify="right")
+    for name, f in fc.items():
+        table.add_row(name, *[f"{v:.4g}" for v in f.variance], f"{f.effective_dimension[-1]:.1f}")
+        if f.force_rmse is not None:
+            table.add_row("  force RMSE meV/Å", *[f"{v:.1f}" for v in f.force_rmse], "")
+    out.print(table)
+    for name, f in fc.items():
+        if target_variance is not None:
+            out.print(f"{name}: smallest budget reaching variance {target_variance:g}: "
+                      f"{f.budget_to_target if f.budget_to_target is not None else 'not within the budgets'}")
+    out.print(f"({seconds:.1f} s)")
+    if plot is not None:
+        out.print(f"plot written to {plot}")
+
+
+def _scaled_labels(frames, spec):
+    """Labels in design-row units (energy: per-atom mean removed, /(σ_E N); forces /σ_F), or None."""
+    from oed.io import reference_energy, reference_forces
+
+    energies = [reference_energy(a) for a in frames]
+    if any(e is None for e in energies):
+        return None
+    n = np.array([len(a) for a in frames], dtype=float)
+    e = np.asarray(energies)
+    e = e - n * np.mean(e / n)
+    parts = []
+    for atoms, ei, ni in zip(frames, e, n):
+        parts.append([ei / (spec.sigma_energy * ni)])
+        if spec.forces:
+            f = reference_forces(atoms)
+            if f is None:
+                return None
+            parts.append(f.reshape(-1) / spec.sigma_force)
+    return np.concatenate(parts)
 
 
 @app.command()

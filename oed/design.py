@@ -1,20 +1,174 @@
-"""Rank a pool of configurations: features → selector → picks (label-free).
+"""From configurations to design rows, and from design rows to a ranking (label-free).
 
-One library call behind ``oed rank``: it reads nothing and writes nothing,
-so the command line and the active-learning loop share it.
+:func:`design_features` is the one place where structures become the design
+blocks J(A) every criterion works on (DESIGN.md §1): the energy row
+φ(A)/(σ_E·N) and, with ``forces=True``, the 3N force rows −∂φ/∂r/σ_F, for
+either of two feature maps:
+
+- ``"soap"``: summed SOAP, φ(A) = Σ_i q̂_i — cheap, the default for large pools;
+- ``"gap-kernel"``: the sparse GAP's own features φ(A) = Σ_i k(q̂_i, Q_M) —
+  the model's feature space, which DESIGN.md §2 found to matter.
+
+Rows are divided by the expected errors, so the natural prior precision is
+λ = 1/δ² with δ (eV) the prior scale of an atomic energy: GAP's ``delta`` = 1 eV
+gives λ = 1, the default here. :func:`rank_pool` reads and writes nothing, so
+the command line and the active-learning loop share it.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from ase import Atoms
 
-from oed.descriptors import SOAPDescriptor, species_of
-from oed.information import log_det_information
+from oed.descriptors import make_descriptor, species_of
+from oed.errors import InputError
+from oed.information import DesignBlocks, log_det_information
+from oed.io import pool_hash, reference_energy
 from oed.selectors import make_selector
+
+#: Prior precision for noise-scaled rows: 1/δ² with δ = 1 eV (GAP's delta).
+DEFAULT_REG = 1.0
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How configurations become design rows.
+
+    Parameters
+    ----------
+    kind : {"soap", "gap-kernel"}
+        Summed SOAP or GAP kernel features.
+    backend : {"dscribe", "quippy"}
+        SOAP implementation.
+    forces : bool
+        Add the 3N force rows to each block.
+    sigma_energy : float
+        Expected energy error per atom, eV/atom.
+    sigma_force : float
+        Expected force-component error, eV/Å.
+    r_cut, n_max, l_max, sigma : SOAP settings (Å, -, -, Å).
+    zeta, n_sparse, sparse_method : GAP kernel settings ("gap-kernel" only).
+    """
+
+    kind: str = "soap"
+    backend: str = "dscribe"
+    forces: bool = False
+    sigma_energy: float = 0.001
+    sigma_force: float = 0.02
+    r_cut: float = 5.0
+    n_max: int = 8
+    l_max: int = 6
+    sigma: float = 0.5
+    zeta: int = 4
+    n_sparse: int = 200
+    sparse_method: str = "fps"
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for settings no feature map accepts."""
+        if self.kind not in ("soap", "gap-kernel"):
+            raise InputError(f"unknown feature kind {self.kind!r}; choose soap or gap-kernel")
+        if not (self.sigma_energy > 0 and self.sigma_force > 0):
+            raise InputError("sigma_energy and sigma_force must be > 0")
+
+
+def design_features(
+    pool: Sequence[Atoms],
+    spec: FeatureSpec = FeatureSpec(),
+    *,
+    train: Sequence[Atoms] = (),
+    target: Sequence[Atoms] = (),
+    cache_dir=False,
+    progress: bool = False,
+) -> tuple[DesignBlocks, DesignBlocks | None, DesignBlocks | None]:
+    """Design blocks of pool, training set and target set with one fitted feature map.
+
+    The SOAP species cover all three sets; GAP sparse environments are chosen
+    from the pool. Pool blocks are cached on disk under ``cache_dir``
+    (``None``: the default cache folder; ``False``: no cache), keyed by the
+    pool's content hash and ``spec``.
+
+    Returns
+    -------
+    (pool_blocks, train_blocks or None, target_blocks or None)
+
+    Raises
+    ------
+    InputError
+        Bad ``spec``; :class:`~oed.errors.UnknownElementError` never (species
+        are taken from the data).
+    """
+    spec.validate()
+    species = species_of(list(pool) + list(train) + list(target))
+    descriptor = make_descriptor(spec.backend, r_cut=spec.r_cut, n_max=spec.n_max, l_max=spec.l_max,
+                                 sigma=spec.sigma, species=species)
+    fitted = {}
+
+    def feature_map():
+        if "map" not in fitted:
+            if spec.kind == "soap":
+                fitted["map"] = descriptor.fit(pool)
+            else:
+                from oed.features import GAPKernelFeatures
+
+                fitted["map"] = GAPKernelFeatures(descriptor=descriptor, zeta=spec.zeta, n_sparse=spec.n_sparse,
+                                                  sparse_method=spec.sparse_method).fit(pool)
+        return fitted["map"]
+
+    def blocks(frames):
+        kw = dict(forces=spec.forces, sigma_energy=spec.sigma_energy, sigma_force=spec.sigma_force,
+                  progress=progress)
+        if spec.kind == "soap":
+            from oed.features import soap_design_blocks
+
+            return soap_design_blocks(frames, feature_map(), **kw)
+        return feature_map().design_blocks(frames, **kw)
+
+    def cached(frames, role):
+        if cache_dir is False:
+            return blocks(frames)
+        from oed.cache import cached_array
+
+        key = {"role": role, "pool": pool_hash(pool), "frames": pool_hash(frames), "species": species,
+               "spec": asdict(spec)}
+        return cached_array(key, lambda: blocks(frames), cache_dir=cache_dir)
+
+    X = cached(pool, "pool")
+    X_train = cached(train, "train") if len(train) else None
+    X_target = cached(target, "target") if len(target) else None
+    return X, X_train, X_target
+
+
+def train_energies(train: Sequence[Atoms]) -> np.ndarray | None:
+    """Reference energies (eV) of a training set, or None unless every configuration has one."""
+    energies = [reference_energy(a) for a in train]
+    if not energies or any(e is None for e in energies):
+        return None
+    return np.asarray(energies, dtype=float)
+
+
+def fit_selector(name: str, budget: int, X, *, X_train=None, X_target=None, y_train=None,
+                 seed: int | None = 0, reg: float = DEFAULT_REG, **params):
+    """Build and fit the selector ``name``; passes target and labels only where used.
+
+    Raises
+    ------
+    InputError
+        Unknown strategy, or a target set for a strategy that cannot use one.
+    """
+    selector = make_selector(name, budget, seed=seed, reg=reg, **params)
+    accepted = inspect.signature(selector.fit).parameters
+    kwargs = {"X_train": X_train}
+    if X_target is not None:
+        if "X_target" not in accepted:
+            raise InputError(f"strategy {name!r} does not use a target set; use i-optimal or info-gain")
+        kwargs["X_target"] = X_target
+    if y_train is not None and "y_train" in accepted:
+        kwargs["y_train"] = y_train
+    return selector.fit(X, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -26,9 +180,9 @@ class Ranking:
     selected : ndarray of int, shape (k,)
         0-based pool indices in pick order.
     gains : ndarray, shape (k,)
-        Information gain of each pick in nats (see the selector).
+        Gain of each pick as the strategy defines it (nats for D-optimal).
     log_det : float
-        log det of the information matrix λI + Σ φφᵀ over training set and picks.
+        log det of the information matrix λI + Σ JᵀJ over training set and picks.
     strategy : str
     """
 
@@ -38,49 +192,50 @@ class Ranking:
     strategy: str
 
 
-def structure_features(
-    pool: Sequence[Atoms], train: Sequence[Atoms] = (), *, descriptor: SOAPDescriptor | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Summed-SOAP features of pool and training set, with species covering both.
-
-    Returns
-    -------
-    X_pool : ndarray, shape (n_pool, d)
-    X_train : ndarray, shape (n_train, d), or None without a training set
-    """
-    params = (descriptor or SOAPDescriptor()).get_params()
-    if params["species"] is None:  # cover the training set's elements too
-        params["species"] = species_of(list(pool) + list(train))
-    descriptor = SOAPDescriptor(**params).fit(pool)
-    X = descriptor.per_structure(pool)
-    X_train = descriptor.per_structure(train) if len(train) else None
-    return X, X_train
-
-
 def rank_pool(
     pool: Sequence[Atoms],
     budget: int,
     *,
     strategy: str = "d-optimal",
     train: Sequence[Atoms] = (),
+    target: Sequence[Atoms] = (),
     seed: int | None = 0,
-    reg: float = 1e-3,
-    descriptor: SOAPDescriptor | None = None,
+    reg: float = DEFAULT_REG,
+    spec: FeatureSpec = FeatureSpec(),
+    cache_dir=False,
+    progress: bool = False,
 ) -> Ranking:
     """Pick ``budget`` configurations of ``pool`` with the named strategy.
 
     Raises
     ------
     InputError
-        Unknown strategy, bad budget; UnknownElementError for elements the
-        descriptor does not cover.
+        Unknown strategy, bad budget or feature settings, a target for a
+        strategy that ignores it.
     """
-    X, X_train = structure_features(pool, train, descriptor=descriptor)
-    selector = make_selector(strategy, budget, seed=seed, reg=reg).fit(X, X_train=X_train)
+    X, X_train, X_target = design_features(pool, spec, train=train, target=target, cache_dir=cache_dir,
+                                           progress=progress)
+    selector = fit_selector(strategy, budget, X, X_train=X_train, X_target=X_target,
+                            y_train=train_energies(train) if len(train) else None, seed=seed, reg=reg)
     idx = np.asarray(selector.selected_idx_, dtype=int)
+    picked = X.subset(idx).rows
     return Ranking(
         selected=idx,
         gains=np.asarray(selector.gains_, dtype=float),
-        log_det=log_det_information(X[idx], reg=reg, X_train=X_train),
+        log_det=log_det_information(picked, reg=reg, X_train=None if X_train is None else X_train.rows),
         strategy=strategy,
     )
+
+
+def structure_features(pool: Sequence[Atoms], train: Sequence[Atoms] = (), *, descriptor=None):
+    """Energy design rows of pool and training set (summed SOAP, default spec), as arrays.
+
+    Returns
+    -------
+    X_pool : ndarray, shape (n_pool, d)
+    X_train : ndarray, shape (n_train, d), or None without a training set
+    """
+    spec = FeatureSpec() if descriptor is None else FeatureSpec(
+        r_cut=descriptor.r_cut, n_max=descriptor.n_max, l_max=descriptor.l_max, sigma=descriptor.sigma)
+    X, X_train, _ = design_features(pool, spec, train=train)
+    return X.rows, None if X_train is None else X_train.rows

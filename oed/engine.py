@@ -34,6 +34,25 @@ from oed.errors import InputError
 from oed.information import DesignBlocks, as_blocks
 
 
+def prior_covariance(d: int, *, reg: float, prior=None, train=None, device="cpu"):
+    """Σ₀ = (Λ₀ + J_trainᵀ J_train)⁻¹ as a (d, d) float64 tensor; Λ₀ = λI (+ ``prior``).
+
+    Without a prior matrix or training rows this is I/λ, with no factorisation.
+    """
+    import torch
+
+    eye = torch.eye(d, dtype=torch.float64, device=device)
+    has_train = train is not None and len(as_blocks(train))
+    if prior is None and not has_train:
+        return eye / reg
+    lam = reg * eye if prior is None else as_tensor(prior, device) + reg * eye
+    if has_train:
+        rows = as_tensor(as_blocks(train).rows, device)
+        lam = lam + rows.T @ rows
+    cov = torch.cholesky_inverse(torch.linalg.cholesky(lam))
+    return 0.5 * (cov + cov.T)
+
+
 def _rmul(Jc, M):
     """(c, r, d) @ (d, m) as one flat GEMM (a broadcast batched matmul is far slower)."""
     c, r, d = Jc.shape
@@ -80,22 +99,20 @@ class InformationState:
     """
 
     def __init__(self, candidates, *, reg: float, prior=None, train=None, target=None,
-                 track: str = "none", device: str | None = "auto") -> None:
+                 track: str = "none", device: str | None = "auto", cov0=None) -> None:
         import torch
 
         self.device = resolve_device(device)
         blocks = as_blocks(candidates)
         d = blocks.n_features
         self.J = _padded(blocks, self.device)
-        lam = (as_tensor(prior, self.device) + reg * torch.eye(d, dtype=torch.float64, device=self.device)
-               if prior is not None else reg * torch.eye(d, dtype=torch.float64, device=self.device))
-        self.prior = lam.clone()
-        if train is not None and len(as_blocks(train)):
-            rows = as_tensor(as_blocks(train).rows, self.device)
-            lam = lam + rows.T @ rows
-        chol = torch.linalg.cholesky(lam)
-        self.cov = torch.cholesky_inverse(chol)
-        self.cov = 0.5 * (self.cov + self.cov.T)
+        self.prior = (as_tensor(prior, self.device) + reg * torch.eye(d, dtype=torch.float64, device=self.device)
+                      if prior is not None else None)
+        self.reg = reg
+        if cov0 is not None:  # Σ₀ computed once by a caller that builds many states
+            self.cov = cov0.clone()
+        else:
+            self.cov = prior_covariance(d, reg=reg, prior=prior, train=train, device=self.device)
         if track == "none":
             self.L = None
         elif track == "trace":
@@ -198,6 +215,8 @@ class InformationState:
 
     def effective_dimension(self) -> float:
         """d_eff = d − tr(Λ₀ Σ): how many parameter directions the data pin down."""
+        if self.prior is None:
+            return float(self.cov.shape[0] - self.reg * self.cov.diagonal().sum())
         return float(self.cov.shape[0] - (self.prior * self.cov).sum())
 
 

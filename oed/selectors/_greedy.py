@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from oed.engine import InformationState, exchange, greedy
+from oed._torch import resolve_device
+from oed.engine import InformationState, exchange, greedy, prior_covariance
 from oed.errors import InputError
 from oed.information import as_blocks
 
@@ -31,9 +32,11 @@ def run_greedy(X, X_train, k, *, reg, score, criterion=None, track="none", targe
     ``criterion(state) -> float`` (to maximise) is needed for exchange.
     """
     blocks = as_blocks(X)
+    dev = resolve_device(device)
+    cov0 = prior_covariance(blocks.n_features, reg=reg, train=X_train, device=dev)
 
     def fresh():
-        return InformationState(blocks, reg=reg, train=X_train, target=target, track=track, device=device)
+        return InformationState(blocks, reg=reg, target=target, track=track, device=dev, cov0=cov0)
 
     state = fresh()
     picks, gains = greedy(state, k, score, order=order)
