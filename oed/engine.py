@@ -49,8 +49,40 @@ def prior_covariance(d: int, *, reg: float, prior=None, train=None, device="cpu"
     if has_train:
         rows = as_tensor(as_blocks(train).rows, device)
         lam = lam + rows.T @ rows
-    cov = torch.cholesky_inverse(torch.linalg.cholesky(lam))
+    cov = torch.cholesky_inverse(_cholesky_with_jitter(lam))
     return 0.5 * (cov + cov.T)
+
+
+def _cholesky_with_jitter(lam, max_tries: int = 8):
+    """Cholesky factor of an SPD matrix, adding diagonal jitter if round-off makes it fail.
+
+    A small prior precision next to large design rows (e.g. a calibrated λ of
+    1e-3 with rows of norm 1e4) leaves λI + JᵀJ numerically semi-definite;
+    jitter from 1e-12 of the mean diagonal up, ×10 per try (as gpytorch does).
+
+    Raises
+    ------
+    InputError
+        If even the largest jitter fails (the features are not finite or the
+        matrix is far from positive definite).
+    """
+    import torch
+
+    factor, info = torch.linalg.cholesky_ex(lam)
+    if int(info) == 0:
+        return factor
+    scale = float(lam.diagonal().mean())
+    eye = torch.eye(lam.shape[0], dtype=lam.dtype, device=lam.device)
+    for k in range(max_tries):
+        jitter = scale * 10.0 ** (-12 + k)
+        factor, info = torch.linalg.cholesky_ex(lam + jitter * eye)
+        if int(info) == 0:
+            import warnings
+
+            warnings.warn(f"information matrix needed jitter {jitter:.3g} to factorise "
+                          f"(prior precision very small next to the design rows)", stacklevel=3)
+            return factor
+    raise InputError("the information matrix is not positive definite even with jitter: check the features")
 
 
 def _rmul(Jc, M):

@@ -34,14 +34,23 @@ def plot_forecast(fc: dict, path, *, title: str = "") -> None:
     from matplotlib.ticker import LogLocator, ScalarFormatter
 
     calibrated = any(f.force_rmse for f in fc.values())
-    ncols = 3 if calibrated else 2
+    relative = "random" in fc and len(fc) > 1
+    ncols = 2 + calibrated + relative
     fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4), constrained_layout=True)
     panels = [("variance", "mean predictive variance (σ²)", True), ("effective_dimension", "effective dimension", False)]
+    if relative:  # the comparison a user wants: how much better than random, budget by budget
+        panels.insert(1, ("relative", "variance / random's variance", False))
     if calibrated:
         panels.append(("force_rmse", "forecast force RMSE (meV/Å)", True))
+    base = fc.get("random")
     for ax, (key, label, logy) in zip(axes, panels):
+        if key == "relative":
+            ax.axhline(1.0, color="0.5", lw=1, ls="--")
         for i, (name, f) in enumerate(fc.items()):
-            ys = getattr(f, key)
+            if key == "relative":
+                ys = [v / b for v, b in zip(f.variance, base.variance)]
+            else:
+                ys = getattr(f, key)
             if ys:
                 ax.plot(f.budgets, ys, marker="o", color=f"C{i % 10}", label=name)
         ax.set_xscale("log")

@@ -89,3 +89,71 @@ def test_bad_input_one_clear_error(args, message, small_pool, tmp_path):
     assert "error:" in proc.stderr and message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out.xyz").exists()
+
+
+def test_domain_flags_ood_sets(ethanol_dir, tmp_path):
+    from oed.io import write_structures
+
+    train = tmp_path / "train.xyz"
+    write_structures(train, read_structures(ethanol_dir / "train.xyz")[:60])
+    md = tmp_path / "md.xyz"
+    write_structures(md, read_structures(ethanol_dir / "test_MD.xyz")[:40])
+    res = json.loads(oed("domain", train, md, ethanol_dir / "test_H_removal.xyz", "--json",
+                         "--plot", tmp_path / "g.png").stdout)
+    assert len(res["gamma"]) == 40 + 60
+    sets = res["sets"]
+    assert sets["test_H_removal"]["median"] > 2 * sets["md"]["median"]
+    assert (tmp_path / "g.png").stat().st_size > 0
+    assert "median γ" in oed("domain", train, md).stdout
+
+
+def test_plan_forecast_json_and_plot(small_pool, tmp_path):
+    res = json.loads(oed("plan", small_pool, "--budgets", "5,10,20", "--strategies", "d-optimal,random",
+                         "--json", "--plot", tmp_path / "fc.png", "--target-variance", "1e9").stdout)
+    for name in ("d-optimal", "random"):
+        f = res["strategies"][name]
+        assert f["budgets"] == [5, 10, 20]
+        assert all(a >= b for a, b in zip(f["variance"], f["variance"][1:]))
+        assert f["budget_to_target"] == 5
+    assert (tmp_path / "fc.png").stat().st_size > 0
+
+
+def test_plan_calibrated_force_forecast(small_pool, ethanol_dir, tmp_path):
+    from oed.io import write_structures
+
+    train = tmp_path / "train.xyz"
+    write_structures(train, read_structures(ethanol_dir / "test_MD.xyz")[:15])
+    res = json.loads(oed("plan", small_pool, "--budgets", "5,20", "--strategies", "d-optimal,random",
+                         "--train", train, "--features", "forces", "--json").stdout)
+    cal = res["calibration"]
+    assert cal["n_rows"] == 15 * 28 and cal["noise_scale"] > 0
+    rmse = res["strategies"]["d-optimal"]["force_rmse"]
+    assert len(rmse) == 2 and rmse[1] <= rmse[0] and all(0 < r < 1e5 for r in rmse)
+
+
+@pytest.mark.parametrize("extra", [
+    ["--features", "forces", "--descriptor", "gap-kernel"],
+    ["--strategy", "i-optimal", "--target", "{target}"],
+    ["--strategy", "info-gain", "--train", "{target}"],
+    ["--backend", "quippy"],
+])
+def test_rank_feature_options(small_pool, ethanol_dir, tmp_path, extra):
+    from oed.io import write_structures
+
+    target = tmp_path / "target.xyz"
+    write_structures(target, read_structures(ethanol_dir / "test_MD.xyz")[:10])
+    res = json.loads(oed("rank", small_pool, "--budget", 6, "--json",
+                         *[a.format(target=target) for a in extra]).stdout)
+    assert len(set(res["selected"])) == 6
+
+
+def test_rank_target_with_a_strategy_that_ignores_it(small_pool, tmp_path):
+    proc = oed("rank", small_pool, "--budget", 3, "--strategy", "fps", "--target", small_pool, check=False)
+    assert proc.returncode == 2 and "does not use a target" in proc.stderr
+
+
+def test_selection_benchmark_quick():
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "selection.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "skmatter FPS (baseline)" in proc.stdout and "same picks" in proc.stdout
