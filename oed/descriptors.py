@@ -312,6 +312,11 @@ class QuippySOAPDescriptor(_SOAPBase):
     cutoff_transition_width : float, default 1.0
         Width in Å of quippy's smooth switch-off below ``r_cut`` (the
         :class:`loops.gap.GAPSettings` default).
+    diagonal_radial : bool, default False
+        Keep only the radially diagonal (n = n') terms of the power spectrum,
+        as a GAP fitted with ``diagonal_radial`` does (Darby, Kermode & Csányi,
+        npj Comput. Mater. 8, 166 (2022)): ``(l_max+1)·n_max·S(S+1)/2``
+        numbers for S species instead of ``(l_max+1)·(S·n_max)(S·n_max+1)/2``.
 
     Attributes
     ----------
@@ -349,12 +354,15 @@ class QuippySOAPDescriptor(_SOAPBase):
         species: Sequence[str] | None = None,
         normalize: bool = True,
         cutoff_transition_width: float = 1.0,
+        diagonal_radial: bool = False,
     ) -> None:
         super().__init__(r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma, species=species, normalize=normalize)
         self.cutoff_transition_width = cutoff_transition_width
+        self.diagonal_radial = diagonal_radial
 
     def get_params(self) -> dict:
-        return {**super().get_params(), "cutoff_transition_width": self.cutoff_transition_width}
+        return {**super().get_params(), "cutoff_transition_width": self.cutoff_transition_width,
+                "diagonal_radial": self.diagonal_radial}
 
     def _build(self, species: list[str]) -> int:
         if not 0 <= self.cutoff_transition_width < self.r_cut:
@@ -370,6 +378,7 @@ class QuippySOAPDescriptor(_SOAPBase):
             f"soap cutoff={float(self.r_cut)} cutoff_transition_width={float(self.cutoff_transition_width)} "
             f"l_max={int(self.l_max)} n_max={int(self.n_max)} atom_sigma={float(self.sigma)} "
             f"n_species={len(zs)} species_Z={{{' '.join(map(str, zs))}}} normalise=F"
+            + (" diagonal_radial=T" if self.diagonal_radial else "")
         )
         self._quippy = {z: Descriptor(f"{common} Z={z}") for z in zs}
         return self._quippy[zs[0]].dimensions()
@@ -409,7 +418,8 @@ def make_descriptor(name: str, **params) -> SOAPDescriptor | QuippySOAPDescripto
     name : {"dscribe", "quippy"}
     **params
         Constructor parameters (``r_cut``, ``n_max``, ``l_max``, ``sigma``,
-        ``species``, ``normalize``; quippy also ``cutoff_transition_width``).
+        ``species``, ``normalize``; quippy also ``cutoff_transition_width`` and
+        ``diagonal_radial``).
 
     Raises
     ------

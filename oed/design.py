@@ -51,6 +51,9 @@ class FeatureSpec:
     sigma_force : float
         Expected force-component error, eV/Å.
     r_cut, n_max, l_max, sigma : SOAP settings (Å, -, -, Å).
+    diagonal_radial : bool
+        Radially diagonal power spectrum, as a GAP with ``diagonal_radial``
+        (quippy back-end only).
     zeta, n_sparse, sparse_method : GAP kernel settings ("gap-kernel" only).
     """
 
@@ -63,6 +66,7 @@ class FeatureSpec:
     n_max: int = 8
     l_max: int = 6
     sigma: float = 0.5
+    diagonal_radial: bool = False
     zeta: int = 4
     n_sparse: int = 200
     sparse_method: str = "fps"
@@ -73,6 +77,8 @@ class FeatureSpec:
             raise InputError(f"unknown feature kind {self.kind!r}; choose soap or gap-kernel")
         if not (self.sigma_energy > 0 and self.sigma_force > 0):
             raise InputError("sigma_energy and sigma_force must be > 0")
+        if self.diagonal_radial and self.backend != "quippy":
+            raise InputError("diagonal_radial SOAP needs the quippy back-end (backend='quippy')")
 
 
 def design_features(
@@ -103,8 +109,9 @@ def design_features(
     """
     spec.validate()
     species = species_of(list(pool) + list(train) + list(target))
+    extra = {"diagonal_radial": True} if spec.diagonal_radial else {}
     descriptor = make_descriptor(spec.backend, r_cut=spec.r_cut, n_max=spec.n_max, l_max=spec.l_max,
-                                 sigma=spec.sigma, species=species)
+                                 sigma=spec.sigma, species=species, **extra)
     fitted = {}
 
     def feature_map():
@@ -140,6 +147,37 @@ def design_features(
     X_train = cached(train, "train") if len(train) else None
     X_target = cached(target, "target") if len(target) else None
     return X, X_train, X_target
+
+
+def design_labels(frames: Sequence[Atoms], spec: FeatureSpec = FeatureSpec()) -> np.ndarray | None:
+    """Reference labels in design-row units, stacked like the design blocks, or None.
+
+    Energy: E − N·mean(E/N) (the per-atom mean removed), divided by σ_E·N; forces (with
+    ``spec.forces``): each component divided by σ_F. These are the targets of
+    :func:`oed.forecast.calibrate` for the rows of :func:`design_features`.
+
+    Returns
+    -------
+    ndarray, shape (n_rows,), or None
+        None unless every configuration has an energy (and forces, when asked for).
+    """
+    from oed.io import reference_forces
+
+    energies = [reference_energy(a) for a in frames]
+    if not energies or any(e is None for e in energies):
+        return None
+    n = np.array([len(a) for a in frames], dtype=float)
+    e = np.asarray(energies, dtype=float)
+    e = e - n * np.mean(e / n)
+    parts = []
+    for atoms, ei, ni in zip(frames, e, n):
+        parts.append([ei / (spec.sigma_energy * ni)])
+        if spec.forces:
+            f = reference_forces(atoms)
+            if f is None:
+                return None
+            parts.append(f.reshape(-1) / spec.sigma_force)
+    return np.concatenate(parts)
 
 
 def train_energies(train: Sequence[Atoms]) -> np.ndarray | None:
@@ -225,17 +263,3 @@ def rank_pool(
         log_det=log_det_information(picked, reg=reg, X_train=None if X_train is None else X_train.rows),
         strategy=strategy,
     )
-
-
-def structure_features(pool: Sequence[Atoms], train: Sequence[Atoms] = (), *, descriptor=None):
-    """Energy design rows of pool and training set (summed SOAP, default spec), as arrays.
-
-    Returns
-    -------
-    X_pool : ndarray, shape (n_pool, d)
-    X_train : ndarray, shape (n_train, d), or None without a training set
-    """
-    spec = FeatureSpec() if descriptor is None else FeatureSpec(
-        r_cut=descriptor.r_cut, n_max=descriptor.n_max, l_max=descriptor.l_max, sigma=descriptor.sigma)
-    X, X_train, _ = design_features(pool, spec, train=train)
-    return X.rows, None if X_train is None else X_train.rows

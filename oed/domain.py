@@ -42,7 +42,6 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -778,13 +777,6 @@ def plot_gamma(
     ax.legend(fontsize=8, loc="upper left")
     if title:
         ax.set_title(title)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    suffix = p.suffix or ".png"
-    tmp = p.with_name(f".{p.stem}.tmp{os.getpid()}{suffix}")
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, p)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    from oed.plots import save_figure
+
+    save_figure(fig, path)

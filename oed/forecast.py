@@ -76,6 +76,13 @@ def calibrate(rows: np.ndarray, targets: np.ndarray) -> Calibration:
     y = np.asarray(targets, dtype=float)
     if R.ndim != 2 or y.shape != (len(R),) or len(R) < 2:
         raise InputError(f"calibration needs rows (m, d) and targets (m,), m >= 2; got {R.shape}, {y.shape}")
+    if len(R) <= R.shape[1]:
+        import warnings
+
+        # With no more rows than features the labels lie in the row space: the noise scale is not
+        # identifiable and the evidence drives it to zero (λ → 0, a numerically useless prior).
+        warnings.warn(f"calibrating on {len(R)} labelled rows for {R.shape[1]} features: the noise scale is not "
+                      "identifiable; label more configurations or use fewer features", stacklevel=2)
     U, sv, _ = np.linalg.svd(R, full_matrices=False)
     proj = U.T @ y
     rest = float(y @ y - proj @ proj)  # part of y outside the row space
@@ -164,7 +171,6 @@ def forecast(
         raise InputError(f"budgets must be positive integers, got {budgets}")
     if budgets[-1] > len(blocks):
         raise InputError(f"budget {budgets[-1]} exceeds the pool size {len(blocks)}")
-    target = blocks.rows if X_target is None else as_blocks(X_target).rows
     out: dict[str, StrategyForecast] = {}
     for name in strategies:
         selector = make_selector(name, budgets[-1], seed=seed, reg=reg)
@@ -175,25 +181,73 @@ def forecast(
         if "y_train" in accepted and y_train is not None:
             kwargs["y_train"] = y_train
         order = np.asarray(selector.fit(blocks, **kwargs).selected_idx_, dtype=int)
-        state = InformationState(blocks, reg=reg, train=X_train, target=target, track="target", device=device)
-        fc = StrategyForecast(budgets=[], variance=[], effective_dimension=[], log_det=[], selected=order.tolist())
-        if calibration is not None and force_rows is not None and sigma_force is not None:
-            fc.force_rmse = []
-        done = 0
-        for k in budgets:
-            for j in order[done:k]:
-                state.add(int(j))
-            done = k
-            fc.budgets.append(k)
-            fc.variance.append(state.mean_target_variance())
-            fc.effective_dimension.append(state.effective_dimension())
-            fc.log_det.append(state.log_det_information())
-            if fc.force_rmse is not None:
-                fc.force_rmse.append(_force_rmse(state, target, force_rows, calibration, sigma_force))
-        if target_variance is not None:
-            fc.budget_to_target = next((k for k, v in zip(fc.budgets, fc.variance) if v <= target_variance), None)
-        out[name] = fc
+        out[name] = score_design(blocks, order, budgets, X_train=X_train, X_target=X_target, reg=reg,
+                                 target_variance=target_variance, force_rows=force_rows, sigma_force=sigma_force,
+                                 calibration=calibration, device=device)
     return out
+
+
+def score_design(
+    X,
+    order,
+    budgets,
+    *,
+    X_train=None,
+    X_target=None,
+    reg: float = 1e-3,
+    target_variance: float | None = None,
+    force_rows=None,
+    sigma_force: float | None = None,
+    calibration: Calibration | None = None,
+    device: str = "auto",
+) -> StrategyForecast:
+    """Forecast of a given design: its first k picks scored for each budget k, no labels used.
+
+    What :func:`forecast` does for each strategy's ranking, for any ordered design — e.g. the
+    picks a comparison actually measured, so forecast and measurement describe the same data.
+
+    Parameters
+    ----------
+    X : array (n, d) or DesignBlocks
+        Pool features / design blocks.
+    order : sequence of int
+        Pool indices in pick order, at least ``max(budgets)`` of them.
+    budgets, X_train, X_target, reg, target_variance, force_rows, sigma_force, calibration, device
+        As in :func:`forecast`.
+
+    Returns
+    -------
+    StrategyForecast
+
+    Raises
+    ------
+    InputError
+        Budgets that are not positive or exceed the design's length.
+    """
+    blocks = as_blocks(X)
+    order = np.asarray(order, dtype=int)
+    budgets = sorted({int(b) for b in budgets})
+    if not budgets or budgets[0] < 1 or budgets[-1] > len(order):
+        raise InputError(f"budgets must be positive and at most the design's {len(order)} picks, got {budgets}")
+    target = blocks.rows if X_target is None else as_blocks(X_target).rows
+    state = InformationState(blocks, reg=reg, train=X_train, target=target, track="target", device=device)
+    fc = StrategyForecast(budgets=[], variance=[], effective_dimension=[], log_det=[], selected=order.tolist())
+    if calibration is not None and force_rows is not None and sigma_force is not None:
+        fc.force_rmse = []
+    done = 0
+    for k in budgets:
+        for j in order[done:k]:
+            state.add(int(j))
+        done = k
+        fc.budgets.append(k)
+        fc.variance.append(state.mean_target_variance())
+        fc.effective_dimension.append(state.effective_dimension())
+        fc.log_det.append(state.log_det_information())
+        if fc.force_rmse is not None:
+            fc.force_rmse.append(_force_rmse(state, target, force_rows, calibration, sigma_force))
+    if target_variance is not None:
+        fc.budget_to_target = next((k for k, v in zip(fc.budgets, fc.variance) if v <= target_variance), None)
+    return fc
 
 
 def _force_rmse(state, target, force_rows, cal: Calibration, sigma_force: float) -> float:
@@ -207,4 +261,4 @@ def _force_rmse(state, target, force_rows, cal: Calibration, sigma_force: float)
     return float(1000.0 * cal.noise_scale * sigma_force * torch.sqrt(var))
 
 
-__all__ = ["Calibration", "StrategyForecast", "calibrate", "forecast", "DesignBlocks"]
+__all__ = ["Calibration", "StrategyForecast", "calibrate", "forecast", "score_design", "DesignBlocks"]

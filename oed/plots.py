@@ -6,15 +6,23 @@ import os
 from pathlib import Path
 
 
-def _save(fig, path) -> None:
+def save_figure(fig, path, *, dpi: int = 120) -> Path:
+    """Write a matplotlib figure atomically (temporary file, then rename) and close it.
+
+    A crash leaves the old file or the new one, never half a PNG. Returns the path.
+    """
     import matplotlib.pyplot as plt
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.stem}.tmp{os.getpid()}{p.suffix or '.png'}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, p)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return p
 
 
 def plot_forecast(fc: dict, path, *, title: str = "") -> None:
@@ -65,4 +73,4 @@ def plot_forecast(fc: dict, path, *, title: str = "") -> None:
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oed.engine import InformationState, greedy
+from oed.engine import InformationState
 from oed.errors import InputError
 from oed.information import DesignBlocks
 from oed.selectors import make_selector

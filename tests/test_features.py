@@ -118,6 +118,31 @@ def test_quippy_normalisation_is_gap_fits_own(methanol):
     np.testing.assert_allclose(d.per_atom([methanol])[0][res["ci"] - 1], res["data"], atol=1e-12)
 
 
+def test_quippy_diagonal_radial_is_the_gaps_descriptor(methanol):
+    """The radially diagonal power spectrum: S(S+1)/2·n_max·(l_max+1) numbers (+ quippy's 0),
+    equal to what a GAP with diagonal_radial=T computes, with exact gradients."""
+    from quippy.descriptors import Descriptor
+
+    d = QuippySOAPDescriptor(diagonal_radial=True, **SMALL).fit([methanol])
+    assert d.n_features_ == 3 * 4 // 2 * 3 * 3 + 1 < QuippySOAPDescriptor(**SMALL).fit([methanol]).n_features_
+    res = Descriptor(
+        "soap cutoff=5.0 cutoff_transition_width=1.0 l_max=2 n_max=3 atom_sigma=0.5 "
+        "n_species=3 species_Z={1 6 8} diagonal_radial=T Z=6"
+    ).calc(methanol)
+    np.testing.assert_allclose(d.per_atom([methanol])[0][res["ci"] - 1], res["data"], atol=1e-12)
+    (q, dq), = d.per_atom_gradients([methanol])
+    fd = finite_difference(lambda x: d.per_atom([x])[0], methanol, 2, 1)
+    np.testing.assert_allclose(dq[:, 2, 1], fd, atol=1e-6 * np.abs(fd).max())
+
+
+def test_diagonal_radial_needs_quippy():
+    from oed.design import FeatureSpec
+
+    with pytest.raises(InputError, match="quippy"):
+        FeatureSpec(diagonal_radial=True).validate()
+    FeatureSpec(diagonal_radial=True, backend="quippy").validate()
+
+
 # -- GAP kernel features -------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from oed.errors import InputError, NotFittedError
 from oed.engine import InformationState, greedy
-from oed.information import DesignBlocks, log_det_information
+from oed.information import log_det_information
 from oed.selectors import available, check_is_fitted, make_selector, selector_class
 from oed.selectors.d_optimal import GreedyDOptimal
 from oed.selectors.random import RandomSelector
