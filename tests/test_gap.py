@@ -13,12 +13,12 @@ from ase.io import read
 
 from loops.errors import ModelFitError, SetupError
 from loops.evaluate import Potential, error_metrics, evaluate
-from loops.gap import GAPModel, GAPSettings, find_gap_fit
+from loops.gap import BASELINE_SETTINGS, GAPModel, GAPSettings, find_gap_fit
 from oed.errors import InputError, NotFittedError, UnknownElementError
 
 DATA = Path(__file__).parent.parent / "data" / "ethanol"
 #: Small enough to fit in about a second on 8 ethanol configurations.
-SMALL = dict(n_max=4, l_max=3, n_sparse=50)
+SMALL = {"n_max": 4, "l_max": 3, "n_sparse": 50, "two_body_delta": None}  # SOAP only: 3 sparseX files
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,18 @@ def test_settings_validation():
         GAPSettings(sparse_method="cur points")
     with pytest.raises(SetupError, match="rnd_seed"):
         GAPSettings(rnd_seed=0)  # gap_fit aborts on seed 0
+    with pytest.raises(SetupError, match="two_body_delta"):
+        GAPSettings(two_body_delta=0.0)
+    with pytest.raises(SetupError, match="two_body_theta"):
+        GAPSettings(two_body_delta=1.0, two_body_theta=-0.5)
+    with pytest.raises(SetupError, match="two_body_n_sparse"):
+        GAPSettings(two_body_n_sparse=0)
+    with pytest.raises(SetupError, match="diagonal_radial"):
+        GAPSettings(diagonal_radial="yes")
 
 
 def test_command_one_descriptor_per_species_capped(e0s):
-    argv = GAPSettings(n_sparse=200).command(
+    argv = GAPSettings(n_sparse=200, two_body_delta=None).command(
         "tr.xyz", "gap.xml", e0s, ["O", "H", "C"], n_envs={"H": 600, "C": 200, "O": 100}, executable="gf"
     )
     assert argv[0] == "gf" and "at_file=tr.xyz" in argv and "gp_file=gap.xml" in argv
@@ -76,6 +84,33 @@ def test_command_one_descriptor_per_species_capped(e0s):
     assert e0 == f"e0={{H:{e0s['H']!r}:C:{e0s['C']!r}:O:{e0s['O']!r}}}"  # N not in the species: left out
     with pytest.raises(SetupError, match="Si"):
         GAPSettings().command("tr.xyz", "gap.xml", e0s, ["Si"])
+
+
+def test_command_two_body_only_for_pairs_with_data(e0s):
+    settings = GAPSettings(n_sparse=200, two_body_delta=2.0, two_body_n_sparse=30, diagonal_radial=True)
+    counts = {("H", "H"): 100, ("C", "H"): 12, ("H", "O"): 50, ("C", "C"): 40, ("O", "C"): 60}  # no O-O
+    argv = settings.command("tr.xyz", "gap.xml", e0s, ["H", "C", "O"], pair_counts=counts)
+    descs = next(a for a in argv if a.startswith("gap={"))[len("gap={"):-1].split(" : ")
+    two_body = [d for d in descs if d.startswith("distance_2b")]
+    zz = [tuple(int(w.split("=")[1]) for w in d.split() if w.startswith(("Z1=", "Z2="))) for d in two_body]
+    assert zz == [(1, 1), (1, 6), (1, 8), (6, 6), (6, 8)]  # either key order counts, O-O left out
+    # a single O-O pair spans no distance range: gap_fit's uniform sparsification would abort
+    single = settings.command("tr.xyz", "gap.xml", e0s, ["H", "C", "O"], pair_counts={**counts, ("O", "O"): 1})
+    assert sum(a.count("distance_2b Z1=8 Z2=8") for a in single) == 0
+    assert [d.split("n_sparse=")[1].split()[0] for d in two_body] == ["30", "12", "30", "30", "30"]
+    assert all("add_species=F" in d and "delta=2.0" in d and "theta_uniform=0.5" in d for d in two_body)
+    soap = [d for d in descs if d.startswith("soap")]
+    assert len(soap) == 3 and all("diagonal_radial=T" in d and d.split()[-1].startswith("Z=") for d in soap)
+    every_pair = settings.command("tr.xyz", "gap.xml", e0s, ["H", "O"])  # no counts: every pair
+    assert sum(a.count("distance_2b") for a in every_pair) == 3
+    plain = GAPSettings(**BASELINE_SETTINGS).command("tr.xyz", "gap.xml", e0s, ["H", "C", "O"], pair_counts=counts)
+    assert not any("distance_2b" in a or "diagonal_radial" in a for a in plain)  # SOAP only
+
+
+def test_defaults_are_the_tuned_settings_and_the_baseline_differs():
+    tuned, baseline = GAPSettings(), GAPSettings(**BASELINE_SETTINGS)
+    assert tuned.diagonal_radial and tuned.two_body_delta is not None and tuned.n_max > baseline.n_max
+    assert not baseline.diagonal_radial and baseline.two_body_delta is None
 
 
 # -- fit / predict -------------------------------------------------------------------------------
@@ -122,6 +157,35 @@ def test_refit_is_reproducible_and_replaces_files(fitted, train, test_frames, e0
     model.fit(train, e0s=e0s, workdir=tmp_path)  # same workdir: the old potential goes
     assert len(list(tmp_path.glob("gap.xml.sparseX.*"))) == 3 and model.n_train_ == 8
     np.testing.assert_allclose(model.predict(test_frames)[0], fitted.predict(test_frames)[0], atol=1e-8)
+
+
+def test_fit_two_body_and_diagonal_radial(train, test_frames, e0s, tmp_path):
+    settings = GAPSettings(n_max=4, l_max=3, n_sparse=50, two_body_n_sparse=10)
+    model = GAPModel(settings).fit(train, e0s=e0s, workdir=tmp_path)
+    # 3 SOAP + 5 pair terms (H-H, H-C, H-O, C-C, C-O: one O per molecule, so no O-O, which
+    # would make gap_fit exit 1 without a message)
+    assert len(list(tmp_path.glob("gap.xml.sparseX.*"))) == 8
+    assert model.species_ == ("H", "C", "O")
+    energies, forces = model.predict(test_frames)
+    assert np.all(np.isfinite(energies)) and _mae(forces, test_frames) < 1.0  # eV/Å
+    assert np.all(np.abs(energies - [a.get_potential_energy() for a in test_frames]) / 9 < 0.1)
+
+
+def test_fit_without_cell_keeps_energies(fitted, train, test_frames, e0s, tmp_path):
+    # gap_fit drops the energy of a configuration written without a Lattice; fit() adds a box
+    bare = []
+    for a in train:
+        b = Atoms(a.numbers, a.positions)
+        b.info["REF_energy"], b.arrays["REF_forces"] = a.get_potential_energy(), a.get_forces()
+        bare.append(b)
+    assert bare[0].cell.rank == 0
+    model = GAPModel(GAPSettings(**SMALL)).fit(bare, e0s=e0s, workdir=tmp_path)
+    assert "Number of target energies (property name: REF_energy) found: 8" in (tmp_path / "gap_fit.log").read_text()
+    assert bare[0].cell.rank == 0  # the caller's atoms keep their (absent) cell
+    e1, f1 = model.predict(test_frames)
+    e2, f2 = fitted.predict(test_frames)  # same data with the files' 50 Å cell
+    np.testing.assert_allclose(e1, e2, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate(f1), np.concatenate(f2), rtol=0, atol=1e-6)
 
 
 def test_unseen_element(fitted, e0s):
