@@ -1,0 +1,233 @@
+"""MACE back-end: real mace-torch training of a tiny model (a few seconds of epochs), no mocks."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.io import read
+
+pytest.importorskip("mace", reason="mace-torch is not installed")
+
+from loops.errors import SetupError  # noqa: E402
+from loops.mace import MACEModel, MACESettings, _log_report  # noqa: E402
+from loops.models import Model, make_model  # noqa: E402
+from oed.errors import InputError, NotFittedError, UnknownElementError  # noqa: E402
+
+DATA = Path(__file__).parent.parent / "data" / "ethanol"
+#: A model small enough to train 4 epochs on 8 ethanol configurations in seconds.
+TINY = dict(
+    num_channels=8,
+    max_ell=1,
+    correlation=2,
+    radial_mlp=(16, 16),
+    max_num_epochs=4,
+    batch_size=3,
+    valid_fraction=0.25,
+    seed=1,
+)
+
+
+@pytest.fixture(scope="module")
+def e0s() -> dict[str, float]:
+    atoms = read(DATA / "isolated_atoms.xyz", ":")
+    return {a.get_chemical_symbols()[0]: float(a.get_potential_energy()) for a in atoms}
+
+
+@pytest.fixture(scope="module")
+def train() -> list[Atoms]:
+    return read(DATA / "train.xyz", ":8")
+
+
+@pytest.fixture(scope="module")
+def test_frames() -> list[Atoms]:
+    return read(DATA / "test_MD.xyz", ":3")
+
+
+@pytest.fixture(scope="module")
+def fitted(train, e0s, tmp_path_factory) -> MACEModel:
+    return MACEModel(MACESettings(**TINY)).fit(train, e0s=e0s, workdir=tmp_path_factory.mktemp("mace"))
+
+
+# -- settings ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("r_max", -1.0),
+        ("num_channels", 0),
+        ("correlation", 2.5),
+        ("max_L", 4),  # above max_ell
+        ("radial_mlp", ()),
+        ("valid_fraction", 1.0),
+        ("ema_decay", 1.5),
+        ("device", "tpu"),
+        ("default_dtype", "float16"),
+        ("num_threads", 0),
+        ("seed", -1),
+        ("batch_size", True),
+    ],
+)
+def test_bad_settings_raise_setup_error_naming_the_field(field, value):
+    with pytest.raises(SetupError, match=field):
+        MACESettings(**{field: value})
+
+
+def test_settings_defaults_and_command():
+    s = MACESettings()
+    assert s.seed == 0 and s.device == "auto" and s.default_dtype == "float64"
+    assert MACESettings(radial_mlp=[8, 8]).radial_mlp == (8, 8)
+    argv = s.command("train.xyz", "valid.xyz", {"O": -2035.5, "H": -13.5}, device="cpu", batch_size=4)
+    assert argv[1:3] == ["-m", "mace.cli.run_train"]
+    assert "--E0s={1: -13.5, 8: -2035.5}" in argv
+    assert "--energy_key=REF_energy" in argv and "--forces_key=REF_forces" in argv
+    assert "--batch_size=4" in argv and "--seed=0" in argv and "--default_dtype=float64" in argv
+    assert not any("wandb" in a for a in argv)
+
+
+def test_make_model_builds_mace_with_seed():
+    model = make_model("mace", seed=3)
+    assert isinstance(model, MACEModel) and isinstance(model, Model)
+    assert model.settings.seed == 3
+    assert make_model("mace", seed=3, max_num_epochs=7).settings.max_num_epochs == 7
+
+
+# -- errors ------------------------------------------------------------------------------------
+def test_predict_before_fit_raises(test_frames):
+    model = MACEModel()
+    with pytest.raises(NotFittedError):
+        model.predict(test_frames)
+    with pytest.raises(NotFittedError):
+        model.descriptors(test_frames)
+
+
+def test_frame_without_labels_raises_input_error(train, e0s, tmp_path):
+    bare = Atoms(numbers=train[0].numbers, positions=train[0].positions)
+    with pytest.raises(InputError, match="configuration 1 has no reference energy and forces"):
+        MACEModel(MACESettings(**TINY)).fit([train[0], bare], e0s=e0s, workdir=tmp_path)
+    with pytest.raises(InputError, match="no training configurations"):
+        MACEModel().fit([], e0s=e0s, workdir=tmp_path)
+
+
+def test_missing_e0_raises_setup_error(train, e0s, tmp_path):
+    with pytest.raises(SetupError, match="O"):
+        MACEModel(MACESettings(**TINY)).fit(train, e0s={"H": e0s["H"], "C": e0s["C"]}, workdir=tmp_path)
+
+
+def test_unknown_element_raises(fitted, test_frames):
+    bad = test_frames[0].copy()
+    bad.numbers[0] = 7  # nitrogen: not in ethanol
+    with pytest.raises(UnknownElementError, match="N"):
+        fitted.predict([test_frames[1], bad])
+    with pytest.raises(UnknownElementError):
+        fitted.descriptors([bad])
+
+
+def test_log_report_quotes_reason_and_path(tmp_path):
+    log = tmp_path / "mace_train.log"
+    log.write_text(
+        "INFO: Building model\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+        "AssertionError: No CUDA device available!\n"
+    )
+    text = _log_report(log)
+    assert "run_train says: AssertionError: No CUDA device available!" in text
+    assert str(log) in text
+
+
+# -- a fitted model ----------------------------------------------------------------------------
+def test_fit_attributes_and_files(fitted, train, e0s):
+    assert fitted.model_file_.is_file() and fitted.log_file_.is_file()
+    assert fitted.species_ == ("H", "C", "O")
+    assert fitted.e0s_ == {s: e0s[s] for s in ("H", "C", "O")}
+    assert fitted.n_train_ == len(train)
+    assert len(fitted.valid_indices_) == 2  # 25 % of 8
+    workdir = fitted.model_file_.parent
+    assert len(read(workdir / "train.xyz", ":")) == 6 and len(read(workdir / "valid.xyz", ":")) == 2
+
+
+def test_predict_shapes_units_and_environment(fitted, test_frames):
+    before = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    energies, forces = fitted.predict(test_frames)
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == before  # import mace undone
+    assert energies.shape == (3,) and energies.dtype == np.float64
+    assert [f.shape for f in forces] == [(9, 3)] * 3
+    ref = np.array([a.get_potential_energy() for a in test_frames])
+    # total energies in eV (E0s included): ethanol is about -4209 eV; 4 epochs get within ~1 eV/atom
+    assert np.all(np.abs(energies - ref) < 9 * 1.0)
+    assert all(np.all(np.isfinite(f)) for f in forces)
+    e1, f1 = fitted.predict(test_frames[1:2])  # batching does not change a configuration's result
+    np.testing.assert_allclose(e1[0], energies[1], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(f1[0], forces[1], rtol=0, atol=1e-9)
+
+
+def test_forces_are_minus_energy_gradient(fitted, test_frames):
+    atoms = test_frames[0]
+    _, forces = fitted.predict([atoms])
+    h = 1e-4  # Å
+    for i, k in [(0, 0), (2, 1), (8, 2), (5, 0)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[i, k] += h
+        minus.positions[i, k] -= h
+        e, _ = fitted.predict([plus, minus])
+        numeric = -(e[0] - e[1]) / (2 * h)
+        assert numeric == pytest.approx(forces[0][i, k], abs=1e-5)
+
+
+def test_caller_atoms_untouched(fitted, test_frames):
+    atoms = test_frames[2]
+    positions = atoms.positions.copy()
+    info = dict(atoms.info)
+    arrays = set(atoms.arrays)
+    calc = atoms.calc
+    energy = atoms.get_potential_energy()
+    fitted.predict([atoms])
+    fitted.descriptors([atoms])
+    assert np.array_equal(atoms.positions, positions)
+    assert atoms.info == info and set(atoms.arrays) == arrays
+    assert atoms.calc is calc and atoms.get_potential_energy() == energy
+
+
+def test_same_seed_same_predictions(fitted, train, e0s, test_frames, tmp_path):
+    again = MACEModel(MACESettings(**TINY)).fit(train, e0s=e0s, workdir=tmp_path)
+    assert again.valid_indices_ == fitted.valid_indices_
+    e0, f0 = fitted.predict(test_frames)
+    e1, f1 = again.predict(test_frames)
+    np.testing.assert_allclose(e1, e0, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(np.concatenate(f1), np.concatenate(f0), rtol=0, atol=1e-8)
+
+
+def test_pickle_round_trip(fitted, test_frames):
+    energies, forces = fitted.predict(test_frames)  # loads the torch module
+    blob = pickle.dumps(fitted)
+    assert b"torch.nn" not in blob and len(blob) < 20_000  # the module stays behind
+    clone = pickle.loads(blob)
+    e, f = clone.predict(test_frames)
+    np.testing.assert_array_equal(e, energies)
+    np.testing.assert_array_equal(np.concatenate(f), np.concatenate(forces))
+    assert pickle.loads(pickle.dumps(MACEModel(MACESettings(seed=5)))).settings.seed == 5
+
+
+def test_descriptors(fitted, test_frames):
+    d = fitted.descriptors(test_frames)
+    assert d.shape == (3, 2 * TINY["num_channels"])  # invariant channels of 2 layers
+    assert np.all(np.isfinite(d))
+    assert not np.allclose(d[0], d[1])
+    np.testing.assert_allclose(fitted.descriptors(test_frames[1:2])[0], d[1], rtol=1e-10, atol=1e-12)
+
+
+def test_isolated_atom_frames_are_training_data_not_e0s(train, e0s, tmp_path):
+    # run_train would take this frame's energy as the E0 of H, replacing --E0s, and then fail
+    # for lack of E0s for C and O; fit() trains on it as an ordinary configuration instead.
+    h = Atoms("H", positions=[[0.0, 0.0, 0.0]])
+    h.info.update(REF_energy=e0s["H"], config_type="IsolatedAtom")
+    h.arrays["REF_forces"] = np.zeros((1, 3))
+    settings = MACESettings(**{**TINY, "max_num_epochs": 1, "valid_fraction": 0.0})
+    model = MACEModel(settings).fit([*train[:3], h], e0s=e0s, workdir=tmp_path)
+    assert model.e0s_ == {s: e0s[s] for s in ("H", "C", "O")}
+    log = model.log_file_.read_text()
+    assert "using command line argument" in log and "from training file" not in log
+    energies, _ = model.predict([h])
+    assert np.isfinite(energies[0])
