@@ -138,6 +138,33 @@ def evaluate(model: Potential, frames: Sequence[Atoms]) -> dict[str, float | int
     InputError
         No configurations, none with a reference label, or a prediction of the wrong size.
     """
+    return evaluate_groups(model, frames, by=None)[None]
+
+
+def evaluate_groups(
+    model: Potential, frames: Sequence[Atoms], *, by: str | None = "config_type"
+) -> dict[str | None, dict[str, float | int]]:
+    """Errors on the whole set and on each group of it, from one call of ``model.predict``.
+
+    Parameters
+    ----------
+    model : Potential
+    frames : sequence of ase.Atoms
+    by : str or None, default "config_type"
+        ``info`` key whose values split the set (e.g. ethanol / methanol); no split for
+        ``None``, or when fewer than two distinct values are present.
+
+    Returns
+    -------
+    dict
+        ``None`` → metrics of the whole set (as :func:`evaluate`), and one entry per distinct
+        value of ``info[by]`` (as a string) among the labelled configurations.
+
+    Raises
+    ------
+    InputError
+        As :func:`evaluate`.
+    """
     frames = list(frames)
     if not frames:
         raise InputError("no configurations to evaluate")
@@ -160,12 +187,25 @@ def evaluate(model: Potential, frames: Sequence[Atoms]) -> dict[str, float | int
             f"model.predict returned {pred_e.size} energies and {len(pred_f)} force arrays "
             f"for {len(labelled)} configurations"
         )
-    e_pos = [k for k, i in enumerate(labelled) if energies[i] is not None]
-    f_pos = [k for k, i in enumerate(labelled) if forces[i] is not None]
-    return error_metrics(
-        [energies[labelled[k]] for k in e_pos] or None,
-        pred_e[e_pos] if e_pos else None,
-        [len(frames[labelled[k]]) for k in e_pos] or None,
-        [forces[labelled[k]] for k in f_pos] or None,
-        [np.asarray(pred_f[k], dtype=float) for k in f_pos] or None,
-    )
+
+    def metrics(positions: list[int]) -> dict[str, float | int]:
+        e_pos = [k for k in positions if energies[labelled[k]] is not None]
+        f_pos = [k for k in positions if forces[labelled[k]] is not None]
+        return error_metrics(
+            [energies[labelled[k]] for k in e_pos] or None,
+            pred_e[e_pos] if e_pos else None,
+            [len(frames[labelled[k]]) for k in e_pos] or None,
+            [forces[labelled[k]] for k in f_pos] or None,
+            [np.asarray(pred_f[k], dtype=float) for k in f_pos] or None,
+        )
+
+    out: dict[str | None, dict[str, float | int]] = {None: metrics(list(range(len(labelled))))}
+    if by is not None:
+        groups: dict[str, list[int]] = {}
+        for k, i in enumerate(labelled):
+            if by in frames[i].info:
+                groups.setdefault(str(frames[i].info[by]), []).append(k)
+        if len(groups) > 1:
+            for value in sorted(groups):
+                out[value] = metrics(groups[value])
+    return out

@@ -29,8 +29,8 @@ from oed.design import DEFAULT_REG, FeatureSpec, design_features, fit_selector
 from oed.errors import InputError, UnknownElementError
 from oed.io import atomic_write_text, pool_hash, read_structures, structure_hash, write_structures
 from oed.selectors import selector_class
-from loops.errors import RunMismatchError
 from loops.gap import GAPModel, GAPSettings
+from loops.rundir import check_settings, read_json
 from loops.store import LabelStore
 
 Log = Callable[[str], None]
@@ -149,32 +149,9 @@ def _subsample(frames: list, limit: int | None) -> list:
     return [frames[i] for i in idx]
 
 
-def _read_json(path: Path, default):
-    if not path.exists():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunMismatchError(f"{path} is corrupt ({exc}); remove it or use another --out") from exc
-
-
-def _check_config(out: Path, fingerprint: dict) -> None:
-    path = out / "config.json"
-    old = _read_json(path, None)
-    if old is None:
-        atomic_write_text(path, json.dumps(fingerprint, indent=2))
-        return
-    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-    if diff:
-        raise RunMismatchError(
-            f"{out} holds a run with other settings ({', '.join(diff)}); "
-            "rerun with the same settings to resume, or choose another --out"
-        )
-
-
 def _load_e0s(config: LoopConfig, species: Sequence[str], out: Path, log: Log) -> dict[str, float]:
     path = out / "e0s.json"
-    e0s = _read_json(path, {})
+    e0s = read_json(path, {})
     missing = [s for s in species if s not in e0s]
     if not missing:
         return {s: e0s[s] for s in species}
@@ -248,7 +225,7 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, config.fingerprint(pool_hash(pool)))
+    check_settings(out, config.fingerprint(pool_hash(pool)))
     keys = [structure_hash(a) for a in pool]
     store = LabelStore(out / "labels.db", method)
     e0s = _load_e0s(config, species, out, log)
@@ -256,8 +233,8 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
     log(f"{config.features.kind} features of {len(pool)} pool configurations"
         + (" with force rows" if config.features.forces else ""))
     X, _, _ = design_features(pool, config.features, progress=progress)
-    picks: dict[str, list[int]] = _read_json(out / "picks.json", {})
-    results: list[dict] = _read_json(out / "results.json", [])
+    picks: dict[str, list[int]] = read_json(out / "picks.json", {})
+    results: list[dict] = read_json(out / "results.json", [])
     done_rounds = {r["round"] for r in results}
 
     for rnd in range(config.n_rounds + 1):

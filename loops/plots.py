@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 
 def plot_learning_curve(results: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
@@ -52,8 +51,6 @@ def plot_learning_curve(results: list[dict], path: str | os.PathLike, *, title: 
             ax.text(0.5, 0.5, "no test set has these labels", ha="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
-    p = Path(path)
-    tmp = p.with_name(f".{p.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, p)
+    from oed.plots import save_figure
+
+    save_figure(fig, path)

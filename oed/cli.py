@@ -174,7 +174,7 @@ def plan(
     dimension of the information matrix and, with a labelled --train set and
     --features forces, a forecast force RMSE in meV/Å (Barzdajn & Race 2025).
     """
-    from oed.design import design_features, train_energies
+    from oed.design import design_features, design_labels, train_energies
     from oed.errors import InputError
     from oed.forecast import calibrate, forecast
     from oed.io import read_structures
@@ -196,7 +196,7 @@ def plan(
                                                cache_dir=cache_dir if cache_dir else False)
     calibration, force_rows = None, None
     if train_frames:
-        labels = _scaled_labels(train_frames, spec)
+        labels = design_labels(train_frames, spec)
         if labels is not None:
             calibration = calibrate(X_train.rows, labels)
             reg = calibration.reg
@@ -249,27 +249,6 @@ def plan(
     out.print(f"({seconds:.1f} s)")
     if plot is not None:
         out.print(f"plot written to {plot}")
-
-
-def _scaled_labels(frames, spec):
-    """Labels in design-row units (energy: per-atom mean removed, /(σ_E N); forces /σ_F), or None."""
-    from oed.io import reference_energy, reference_forces
-
-    energies = [reference_energy(a) for a in frames]
-    if any(e is None for e in energies):
-        return None
-    n = np.array([len(a) for a in frames], dtype=float)
-    e = np.asarray(energies)
-    e = e - n * np.mean(e / n)
-    parts = []
-    for atoms, ei, ni in zip(frames, e, n):
-        parts.append([ei / (spec.sigma_energy * ni)])
-        if spec.forces:
-            f = reference_forces(atoms)
-            if f is None:
-                return None
-            parts.append(f.reshape(-1) / spec.sigma_force)
-    return np.concatenate(parts)
 
 
 @app.command()
@@ -470,6 +449,69 @@ def demo(
     config = LoopConfig(pool=eth / "train.xyz", tests=tests, out=out_dir, n_init=20, batch_size=20,
                         n_rounds=4, strategy=strategy, method="pbe/def2-svp", seed=0, test_limit=200)
     _run_loop(config)
+
+
+def _csv_list(text: str, what: str, cast=str) -> tuple:
+    from oed.errors import InputError
+
+    try:
+        items = tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"{what} must be a comma-separated list, got {text!r}") from None
+    if not items:
+        raise InputError(f"{what} is empty")
+    return items
+
+
+@app.command()
+@_clean_errors
+def compare(
+    pool: Annotated[Path, typer.Option(help="Labelled candidate configurations (extxyz): the replay oracle.")],
+    test: Annotated[list[Path], typer.Option(help="Test file (repeat for several): ID and OOD sets.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (rerun to resume or extend).")],
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies (selectors, or gap-variance in sequential mode).")] = "random,fps,cur,kmeans,d-optimal,i-optimal",
+    budgets: Annotated[str, typer.Option(help="Comma-separated training-set sizes.")] = "25,50,100,200",
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0 … N−1).")] = 5,
+    model: Annotated[str, typer.Option("--model", "--train-with", help="Model trained and scored: gap or mace.")] = "gap",
+    select_with: Annotated[str, typer.Option(help="Selection feature space: soap, gap-kernel, or mace (sequential).")] = "soap",
+    features: Annotated[str, typer.Option(help="Information rows: energy, or energy + 3N forces.")] = "energy",
+    mode: Annotated[str, typer.Option(help="oneshot (rank once) or sequential (rounds with refits).")] = "oneshot",
+    oracle: Annotated[str, typer.Option(help="pool (replay the pool's labels), pyscf:xc/basis or xtb:gfn2-xtb (live).")] = "pool",
+    pool_fraction: Annotated[float, typer.Option(help="Fraction of the pool each seed draws as candidates (shared by all strategies).")] = 0.8,
+    target: Annotated[Optional[Path], typer.Option(help="Target configurations for i-optimal / info-gain (default: the candidates).")] = None,
+    e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz of single atoms).")] = None,
+    test_limit: Annotated[Optional[int], typer.Option(help="Score at most N configurations per test file.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Parallel cells (default: one per core).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: run cells on a Dask cluster.")] = None,
+    keep_models: Annotated[bool, typer.Option("--keep-models", help="Keep every fitted model's files.")] = False,
+) -> None:
+    """Compare selection strategies: strategies × seeds × budgets, errors in and out of distribution.
+
+    Writes results.csv (strategy, seed, budget, test_set, metric, value), summary.md (mean ± 95%
+    CI, label efficiency against random and FPS, AULC) and learning_curve_<test set>.png.
+    Finished cells are kept: a rerun only does what is missing.
+    """
+    from loops.compare import CompareConfig, run_compare
+
+    config = CompareConfig(
+        pool=pool, tests=tuple(test), out=out_dir, strategies=_csv_list(strategies, "--strategies"),
+        budgets=_csv_list(budgets, "--budgets", int), n_seeds=seeds, model=model, select_with=select_with,
+        features=features, mode=mode, oracle=oracle, pool_fraction=pool_fraction, target=target, e0s_file=e0s,
+        test_limit=test_limit, workers=_parse_workers(workers), keep_models=keep_models,
+    )
+    t0 = time.perf_counter()
+    if scheduler:
+        from distributed import Client
+
+        with Client(scheduler) as client:
+            run_compare(config, log=_log, client=client)
+    else:
+        run_compare(config, log=_log)
+    from rich.markdown import Markdown
+
+    out.print(Markdown((Path(out_dir) / "summary.md").read_text()))
+    out.print(f"results: {Path(out_dir) / 'results.csv'}", soft_wrap=True)
+    out.print(f"wall time: {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:
