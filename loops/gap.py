@@ -59,8 +59,9 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 
 from loops.errors import ModelFitError, SetupError
+from loops.models import species_e0s, training_frame
 from oed.errors import InputError, NotFittedError, UnknownElementError
-from oed.io import REF_ENERGY, REF_FORCES, reference_energy, reference_forces
+from oed.io import REF_ENERGY, REF_FORCES
 
 #: Names of the files a fit writes into its work directory.
 TRAIN_FILE = "train.xyz"
@@ -524,21 +525,7 @@ class GAPModel:
         n_envs: Counter[str] = Counter()
         pair_counts: Counter[tuple[str, str]] = Counter()
         for i, atoms in enumerate(frames):
-            energy = reference_energy(atoms)
-            forces = reference_forces(atoms)
-            if energy is None or forces is None:
-                lacking = " and ".join(
-                    w for w, v in (("energy", energy), ("forces", forces)) if v is None
-                )
-                raise InputError(f"training configuration {i} has no reference {lacking}")
-            if not math.isfinite(energy):
-                raise InputError(f"training configuration {i} has a non-finite reference energy")
-            if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)):
-                raise InputError(
-                    f"training configuration {i}: reference forces must be finite with shape "
-                    f"({len(atoms)}, 3), got shape {forces.shape}"
-                )
-            clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+            clean = training_frame(i, atoms)
             if clean.cell.rank < 3:
                 if clean.pbc.any():
                     raise InputError(
@@ -548,24 +535,14 @@ class GAPModel:
                 # gap_fit ignores the energy of a configuration written without a Lattice.
                 side = float(np.ptp(clean.positions, axis=0).max()) + 2.0 * settings.cutoff + 1.0
                 clean.cell = np.eye(3) * side
-            clean.info[REF_ENERGY] = float(energy)
             if "config_type" in atoms.info:
                 clean.info["config_type"] = atoms.info["config_type"]
-            clean.arrays[REF_FORCES] = np.array(forces, dtype=float)
             train.append(clean)
             n_envs.update(atoms.get_chemical_symbols())
             if settings.two_body_delta is not None:
                 pair_counts.update(_pairs_within(clean, settings.cutoff))
-        species = _symbols_by_z(n_envs)
-        missing = [s for s in species if s not in e0s]
-        if missing:
-            raise SetupError(
-                f"no isolated-atom energy (E0) for element(s) {', '.join(missing)} of the training set"
-            )
-        e0_used = {s: float(e0s[s]) for s in species}
-        bad = [s for s, v in e0_used.items() if not math.isfinite(v)]
-        if bad:
-            raise SetupError(f"non-finite E0 for element(s) {', '.join(bad)}")
+        e0_used = species_e0s(n_envs, e0s)
+        species = list(e0_used)
         argv = settings.command(
             TRAIN_FILE, POTENTIAL_FILE, e0_used, species, n_envs=n_envs,
             pair_counts=pair_counts if settings.two_body_delta is not None else None,

@@ -470,7 +470,13 @@ class _NoProgress:
 def _progress_bar(enabled: bool):
     if not enabled:
         return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -564,11 +570,17 @@ def label_many(
             for i, atoms in enumerate(frames):
                 collect(_label_one(i, atoms, settings))
         else:
-            _run_pool(workers, max(1, n_cpu // workers), frames, settings, collect)
+            run_in_processes(workers, _init_worker, (max(1, n_cpu // workers),),
+                             [(_label_one, i, atoms, settings) for i, atoms in enumerate(frames)], collect)
     return results  # type: ignore[return-value]  # every slot is filled or we raised
 
 
-def _run_pool(workers, threads, frames, settings, collect) -> None:
+def run_in_processes(workers: int, initializer, initargs: tuple, calls: Sequence[tuple], collect) -> None:
+    """Run ``fn(*args)`` for each ``(fn, *args)`` of ``calls`` on ``workers`` spawned processes.
+
+    ``collect(result)`` sees each result as it completes. On an error the queued calls are
+    dropped rather than run unseen, and the error propagates.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -576,15 +588,14 @@ def _run_pool(workers, threads, frames, settings, collect) -> None:
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(threads,),
+        initializer=initializer,
+        initargs=initargs,
     )
     try:
-        futures = [executor.submit(_label_one, i, atoms, settings) for i, atoms in enumerate(frames)]
+        futures = [executor.submit(fn, *args) for fn, *args in calls]
         for future in as_completed(futures):
             collect(future.result())
     finally:
-        # On an error, drop the queued configurations instead of labelling them unseen.
         executor.shutdown(wait=True, cancel_futures=True)
 
 

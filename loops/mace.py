@@ -64,8 +64,9 @@ from ase import Atoms
 from ase.data import atomic_numbers
 
 from loops.errors import ModelFitError, SetupError
+from loops.models import species_e0s, training_frame
 from oed.errors import InputError, NotFittedError, UnknownElementError
-from oed.io import REF_ENERGY, REF_FORCES, reference_energy, reference_forces
+from oed.io import REF_ENERGY, REF_FORCES
 
 #: Names of the files a fit writes into its work directory.
 TRAIN_FILE = "train.xyz"
@@ -418,7 +419,7 @@ def _import_mace() -> dict[str, Any]:
     """
     with _restored_env(_WEIGHTS_ONLY_ENV), _quiet_mace():
         try:
-            import mace  # noqa: F401  (sets the variable, then imports e3nn)
+            import mace  # sets the variable, then imports e3nn
             import mace.modules  # noqa: F401  (the classes a model file unpickles to)
             from mace import data as mace_data
             from mace.modules.utils import extract_invariant
@@ -594,43 +595,17 @@ class MACEModel:
         clean_frames: list[Atoms] = []
         symbols: set[str] = set()
         for i, atoms in enumerate(frames):
-            if len(atoms) == 0:
-                raise InputError(f"training configuration {i} has no atoms")
-            energy = reference_energy(atoms)
-            forces = reference_forces(atoms)
-            if energy is None or forces is None:
-                lacking = " and ".join(
-                    w for w, v in (("energy", energy), ("forces", forces)) if v is None
-                )
-                raise InputError(f"training configuration {i} has no reference {lacking}")
-            if not math.isfinite(energy):
-                raise InputError(f"training configuration {i} has a non-finite reference energy")
-            if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)):
-                raise InputError(
-                    f"training configuration {i}: reference forces must be finite with shape "
-                    f"({len(atoms)}, 3), got shape {forces.shape}"
-                )
-            clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-            clean.info[REF_ENERGY] = float(energy)
+            clean = training_frame(i, atoms)
             config_type = atoms.info.get("config_type")
             # run_train takes a one-atom "IsolatedAtom" frame as an E0 that overrides --E0s (and
             # fails when it covers only some elements) and removes it from the data: train it
             # as an ordinary configuration instead, so that ``e0s`` stays the one reference.
             if config_type is not None and not (len(atoms) == 1 and config_type == _ISOLATED):
                 clean.info["config_type"] = config_type
-            clean.arrays[REF_FORCES] = np.array(forces, dtype=float)
             clean_frames.append(clean)
             symbols.update(atoms.get_chemical_symbols())
-        species = _symbols_by_z(symbols)
-        missing = [s for s in species if s not in e0s]
-        if missing:
-            raise SetupError(
-                f"no isolated-atom energy (E0) for element(s) {', '.join(missing)} of the training set"
-            )
-        e0_used = {s: float(e0s[s]) for s in species}
-        bad = [s for s, v in e0_used.items() if not math.isfinite(v)]
-        if bad:
-            raise SetupError(f"non-finite E0 for element(s) {', '.join(bad)}")
+        e0_used = species_e0s(symbols, e0s)
+        species = list(e0_used)
         device = settings.resolved_device()
 
         # Validation split: at least one configuration, at most all but one; none when asked

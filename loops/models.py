@@ -16,14 +16,18 @@ settings dataclass as the only constructor argument and is rebuilt from
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from ase import Atoms
+from ase.data import atomic_numbers
 
+from loops.errors import SetupError
 from oed.errors import InputError
+from oed.io import REF_ENERGY, REF_FORCES, reference_energy, reference_forces
+from oed.registry import lookup
 
 #: name -> "module:ModelClass"; the settings class is ``ModelClass.settings_class``.
 REGISTRY: dict[str, str] = {
@@ -36,7 +40,7 @@ REGISTRY: dict[str, str] = {
 class Model(Protocol):
     """Structural type of an interatomic-potential back-end."""
 
-    def fit(self, frames: Sequence[Atoms], *, e0s: Mapping[str, float], workdir) -> "Model": ...
+    def fit(self, frames: Sequence[Atoms], *, e0s: Mapping[str, float], workdir) -> Model: ...
 
     def predict(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]: ...
 
@@ -54,12 +58,7 @@ def model_class(name: str) -> type:
     InputError
         For an unknown name (the message lists the known ones).
     """
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        raise InputError(f"unknown model {name!r}; choose from: {', '.join(available())}") from None
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)
+    return lookup(REGISTRY, name, "model")
 
 
 def make_model(name: str, settings: Any = None, *, seed: int | None = None, **overrides) -> Model:
@@ -98,4 +97,59 @@ def make_model(name: str, settings: Any = None, *, seed: int | None = None, **ov
     return cls(settings)
 
 
-__all__ = ["REGISTRY", "Model", "available", "make_model", "model_class"]
+def training_frame(i: int, atoms: Atoms) -> Atoms:
+    """A bare copy of training configuration ``i``: geometry, ``REF_energy`` and ``REF_forces``.
+
+    The reference is read from ``REF_energy``/``REF_forces`` or plain ``energy``/``forces``
+    (eV, eV/Å); nothing else is carried over (back-ends add what they keep, e.g. ``config_type``).
+
+    Raises
+    ------
+    InputError
+        No atoms, no reference energy or forces, a non-finite energy, or forces that are not
+        finite with shape ``(n_atoms, 3)`` — the message names configuration ``i``.
+    """
+    if len(atoms) == 0:
+        raise InputError(f"training configuration {i} has no atoms")
+    energy = reference_energy(atoms)
+    forces = reference_forces(atoms)
+    if energy is None or forces is None:
+        lacking = " and ".join(w for w, v in (("energy", energy), ("forces", forces)) if v is None)
+        raise InputError(f"training configuration {i} has no reference {lacking}")
+    if not math.isfinite(energy):
+        raise InputError(f"training configuration {i} has a non-finite reference energy")
+    if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)):
+        raise InputError(
+            f"training configuration {i}: reference forces must be finite with shape "
+            f"({len(atoms)}, 3), got shape {forces.shape}"
+        )
+    clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    clean.info[REF_ENERGY] = float(energy)
+    clean.arrays[REF_FORCES] = np.array(forces, dtype=float)
+    return clean
+
+
+def species_e0s(symbols: Iterable[str], e0s: Mapping[str, float]) -> dict[str, float]:
+    """The isolated-atom energies (eV) of the training set's elements, ordered by atomic number.
+
+    Raises
+    ------
+    SetupError
+        An unknown chemical symbol, or an element without a finite E0.
+    """
+    species = set(symbols)
+    unknown = sorted(s for s in species if s not in atomic_numbers or s == "X")
+    if unknown:
+        raise SetupError(f"unknown chemical symbol(s) {', '.join(map(repr, unknown))}")
+    species = sorted(species, key=atomic_numbers.__getitem__)
+    missing = [s for s in species if s not in e0s]
+    if missing:
+        raise SetupError(f"no isolated-atom energy (E0) for element(s) {', '.join(missing)} of the training set")
+    used = {s: float(e0s[s]) for s in species}
+    bad = [s for s, v in used.items() if not math.isfinite(v)]
+    if bad:
+        raise SetupError(f"non-finite E0 for element(s) {', '.join(bad)}")
+    return used
+
+
+__all__ = ["REGISTRY", "Model", "available", "make_model", "model_class", "species_e0s", "training_frame"]

@@ -37,7 +37,12 @@ from ase.calculators.calculator import InputError as ASEInputError
 from ase.data import atomic_numbers
 
 from loops.errors import CalculationFailed, SCFNotConverged, SetupError
-from loops.labelers import GROUND_STATE_SPIN, LabelResult, _progress_bar
+from loops.labelers import (
+    GROUND_STATE_SPIN,
+    LabelResult,
+    _progress_bar,
+    run_in_processes,
+)
 from oed.io import REF_ENERGY, REF_FORCES
 
 __all__ = ["XTB_METHODS", "isolated_atom_energies_xtb", "label_many_xtb", "label_xtb", "omp_threads"]
@@ -363,30 +368,17 @@ def label_many_xtb(
 
 
 def _run_pool_xtb(workers, threads, frames, settings, collect) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    # xTB takes milliseconds per molecule: send chunks so that the pool's per-task overhead
+    # does not dominate, one result per configuration all the same.
+    chunk = max(1, min(64, len(frames) // (4 * workers)))
+    batches = [list(range(s, min(s + chunk, len(frames)))) for s in range(0, len(frames), chunk)]
+    calls = [(_label_batch_xtb, [(i, frames[i]) for i in batch], settings) for batch in batches]
 
-    # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
-    executor = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_xtb_worker,
-        initargs=(threads,),
-    )
-    try:
-        # xTB takes milliseconds per molecule: send chunks so that the pool's per-task
-        # overhead does not dominate, one result per configuration all the same.
-        chunk = max(1, min(64, len(frames) // (4 * workers)))
-        batches = [list(range(s, min(s + chunk, len(frames)))) for s in range(0, len(frames), chunk)]
-        futures = [
-            executor.submit(_label_batch_xtb, [(i, frames[i]) for i in batch], settings) for batch in batches
-        ]
-        for future in as_completed(futures):
-            for result in future.result():
-                collect(result)
-    finally:
-        # On an error, drop the queued configurations instead of labelling them unseen.
-        executor.shutdown(wait=True, cancel_futures=True)
+    def collect_batch(results: list[LabelResult]) -> None:
+        for result in results:
+            collect(result)
+
+    run_in_processes(workers, _init_xtb_worker, (threads,), calls, collect_batch)
 
 
 def _label_batch_xtb(items: list[tuple[int, Atoms]], settings: dict) -> list[LabelResult]:

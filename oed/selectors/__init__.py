@@ -7,10 +7,10 @@ back-ends (gpytorch, botorch) cost nothing until used.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
 from oed.errors import InputError
+from oed.registry import lookup
 from oed.selectors._base import Selector, check_is_fitted
 
 REGISTRY: dict[str, str] = {
@@ -38,14 +38,7 @@ def selector_class(name: str) -> type:
     InputError
         For an unknown name (the message lists the known ones).
     """
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        raise InputError(
-            f"unknown selection strategy {name!r}; choose from: {', '.join(available())}"
-        ) from None
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)
+    return lookup(REGISTRY, name, "selection strategy")
 
 
 def make_selector(
