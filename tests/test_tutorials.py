@@ -1,0 +1,142 @@
+"""Tutorials: the smoke runs work end to end and resume, and the committed outputs agree with their data."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TUTORIALS = ROOT / "tutorials"
+NAMES = ["04_diversity", "05_composition"]
+METRICS = {"energy_mae", "energy_rmse", "force_mae", "force_rmse"}
+REQUIRED_COLUMNS = {"strategy", "seed", "budget", "test_set", "metric", "value"}
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"tutorial_{name}", TUTORIALS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _check_results(path: Path) -> list[dict]:
+    rows = _rows(path)
+    assert rows, f"{path} is empty"
+    assert REQUIRED_COLUMNS <= set(rows[0])
+    assert {r["metric"] for r in rows} == METRICS
+    for r in rows:
+        value = float(r["value"])
+        assert value >= 0 and value == value  # finite, not NaN
+        assert int(r["budget"]) > 0
+    return rows
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", NAMES)
+def test_smoke_run_writes_outputs_and_resumes(name, tmp_path):
+    script = TUTORIALS / f"{name}.py"
+    cmd = [sys.executable, str(script), "--smoke", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _check_results(tmp_path / "results.csv")
+    assert len({r["strategy"] for r in rows}) >= 2
+    assert len({r["test_set"] for r in rows}) >= 2
+    assert (tmp_path / "errors.png").stat().st_size > 10_000
+    module = _module(name)
+    assert (tmp_path / "summary.md").read_text() == module.render_summary(tmp_path / "results.csv")
+
+    # a rerun reads the cached work instead of refitting
+    potentials = sorted((tmp_path / "work" / "gap").glob("*/gap.xml"))
+    assert potentials
+    stamps = [p.stat().st_mtime_ns for p in potentials]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in potentials] == stamps
+    assert _rows(tmp_path / "results.csv") == rows
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_smoke_needs_out(name):
+    proc = subprocess.run(
+        [sys.executable, str(TUTORIALS / f"{name}.py"), "--smoke"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0 and "--out" in proc.stderr
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_summary_is_rendered_from_committed_results(name):
+    out = TUTORIALS / "outputs" / name
+    module = _module(name)
+    assert module.DEFAULT_OUT == out
+    rows = _check_results(out / "results.csv")
+    assert len({r["seed"] for r in rows}) >= 3  # the full run, not a smoke run
+    assert (out / "summary.md").read_text() == module.render_summary(out / "results.csv")
+    assert (out / "errors.png").is_file()
+
+
+# -- tutorials 01-03: built on `oed compare` ---------------------------------------------------------------
+COMPARE_TUTORIALS = ["01_strategies_ethanol", "02_forecast_vs_measurement", "03_cross_algorithm",
+                     "06_pools_where_selection_pays"]
+FIGURES = {
+    "01_strategies_ethanol": ["learning_curves_oneshot.png", "learning_curves_sequential.png"],
+    "02_forecast_vs_measurement": ["forecast_vs_measured.png"],
+    "03_cross_algorithm": ["learning_curves.png"],
+    "06_pools_where_selection_pays": ["learning_curves.png"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory) -> Path:
+    """Tutorial 2's smoke output folder; its tutorial1/ subfolder doubles as tutorial 1's smoke run."""
+    return tmp_path_factory.mktemp("compare_tutorials")
+
+
+def _smoke_out(name: str, base: Path) -> Path:
+    return {"01_strategies_ethanol": base / "t2" / "tutorial1", "02_forecast_vs_measurement": base / "t2",
+            "03_cross_algorithm": base / "t3", "06_pools_where_selection_pays": base / "t6"}[name]
+
+
+def _run(name: str, out: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(TUTORIALS / f"{name}.py"), "--smoke", "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", COMPARE_TUTORIALS)  # in this order: 02 reuses 01's smoke run
+def test_compare_tutorial_smoke_runs_and_rerun_fits_nothing(name, smoke_dir):
+    out = _smoke_out(name, smoke_dir)
+    proc = _run(name, out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _rows(out / "results.csv")
+    assert REQUIRED_COLUMNS <= set(rows[0]) and len({r["strategy"] for r in rows}) >= 2
+    assert all(float(r["value"]) == float(r["value"]) for r in rows)  # no NaN
+    for figure in FIGURES[name]:
+        assert (out / figure).stat().st_size > 10_000
+    module = _module(name)
+    assert (out / "summary.md").read_text() == module.render_summary(out / "results.csv")
+    cells = sorted((out / "work").rglob("cells/**/*.json")) if (out / "work").exists() else []
+    stamps = [p.stat().st_mtime_ns for p in cells]
+    proc = _run(name, out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in cells] == stamps
+    assert _rows(out / "results.csv") == rows
+
+
+@pytest.mark.parametrize("name", COMPARE_TUTORIALS)
+def test_compare_tutorial_committed_summary_matches_committed_results(name):
+    out = TUTORIALS / "outputs" / name
+    assert (out / "results.csv").exists(), f"run `python tutorials/{name}.py` and commit its outputs"
+    assert (out / "summary.md").read_text() == _module(name).render_summary(out / "results.csv")
+    for figure in FIGURES[name]:
+        assert (out / figure).exists()
