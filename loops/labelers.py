@@ -20,6 +20,7 @@ J. Chem. Phys. 153, 024109 (2020).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -467,6 +468,23 @@ class _NoProgress:
         pass
 
 
+@contextlib.contextmanager
+def collecting(n: int, description: str, progress: bool, on_result=None):
+    """``(results, collect)``: ``collect(result)`` stores a :class:`LabelResult` at its index,
+    advances a progress bar and calls ``on_result``; ``results`` has one slot per configuration."""
+    results: list[LabelResult | None] = [None] * n
+    with _progress_bar(progress) as bar:
+        task = bar.add_task(description, total=n)
+
+        def collect(result: LabelResult) -> None:
+            results[result.index] = result
+            bar.advance(task)
+            if on_result is not None:
+                on_result(result)
+
+        yield results, collect
+
+
 def _progress_bar(enabled: bool):
     if not enabled:
         return _NoProgress()
@@ -554,16 +572,7 @@ def label_many(
     if not frames:
         return []
 
-    results: list[LabelResult | None] = [None] * len(frames)
-    with _progress_bar(progress) as bar:
-        task = bar.add_task(f"labelling at {settings['method']}", total=len(frames))
-
-        def collect(result: LabelResult) -> None:
-            results[result.index] = result
-            bar.advance(task)
-            if on_result is not None:
-                on_result(result)
-
+    with collecting(len(frames), f"labelling at {settings['method']}", progress, on_result) as (results, collect):
         if client is not None:
             _run_dask(client, frames, settings, collect)
         elif workers == 1:

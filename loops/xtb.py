@@ -40,7 +40,7 @@ from loops.errors import CalculationFailed, SCFNotConverged, SetupError
 from loops.labelers import (
     GROUND_STATE_SPIN,
     LabelResult,
-    _progress_bar,
+    collecting,
     run_in_processes,
 )
 from oed.io import REF_ENERGY, REF_FORCES
@@ -348,16 +348,7 @@ def label_many_xtb(
         return []
     settings = {"method": method, "charge": int(charge), "max_iterations": int(max_iterations)}
 
-    results: list[LabelResult | None] = [None] * len(frames)
-    with _progress_bar(progress) as bar:
-        task = bar.add_task(f"labelling with {XTB_METHODS[method]}", total=len(frames))
-
-        def collect(result: LabelResult) -> None:
-            results[result.index] = result
-            bar.advance(task)
-            if on_result is not None:
-                on_result(result)
-
+    with collecting(len(frames), f"labelling with {XTB_METHODS[method]}", progress, on_result) as (results, collect):
         if workers == 1:
             with omp_threads(threads):
                 for i, atoms in enumerate(frames):
