@@ -251,7 +251,7 @@ def test_bad_settings_give_one_clear_error(pool_file, test_file, tmp_path, chang
 def test_cli_compare_runs_and_prints_the_summary(pool_file, tmp_path):
     from typer.testing import CliRunner
 
-    from oed.cli import app
+    from loops.cli import app
 
     args = ["compare", "--pool", str(pool_file), "--test", str(DATA / "test_H_removal.xyz"), "--out",
             str(tmp_path / "cli"), "--strategies", "random,fps", "--budgets", "3,6", "--seeds", "1",

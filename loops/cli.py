@@ -1,4 +1,4 @@
-"""The ``oed`` command line: the one module that sees both :mod:`oed` and :mod:`loops`.
+"""The ``oed`` command line (in loops/: the one place that sees both :mod:`oed` and :mod:`loops`).
 
 Each command only parses its options, calls one library function and prints;
 errors oed raises on purpose become one red line on stderr and exit code 2.
