@@ -1,0 +1,282 @@
+"""The campaign engine: one select → label → fit → score cycle under every loop and comparison.
+
+A campaign is a sequence of rounds with cumulative budgets ``schedule = (k_0, k_1, …)``. Each
+round asks the *candidate source* for candidates (a fixed pool today: the configurations it
+may pick that are not picked yet), the *strategy* for ``k_r − picked`` new picks conditioned
+on what is labelled (:mod:`loops.strategies`), the *oracle* for labels (through a
+:class:`~loops.oracles.LabelBook`), the *model* for a fit, and scores it on the test sets (a
+*cell*, :mod:`loops.cells`). ``oed loop run`` is one campaign; ``oed compare`` a grid of them
+(strategy × seed; in one-shot mode the selection is label-free, made once for the largest
+budget, and each budget's cell trains on its first k picks).
+
+State, in the run directory shared by the campaigns of a run, written the moment it exists so
+that a killed run resumes where it stopped:
+
+- ``selections/<strategy>/seed<s>.json``   picks in order and the round sizes (before labelling)
+- ``labels.db``                            labels and failures (ase.db), one committed row each
+- ``cells/<strategy>/seed<s>/k<budget>.json``   one finished round: training picks and errors
+- ``models/<strategy>/seed<s>/k<budget>/``  the fit's files (kept when asked, or when the next
+  round's strategy needs the model)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loops.cells import CellTask, read_cell, run_cell
+from loops.oracles import LabelBook
+from loops.rundir import read_json
+from loops.strategies import Features, RoundContext
+from oed.errors import InputError
+from oed.io import atomic_write_text
+
+__all__ = ["Campaign", "ModelRef", "headline", "test_sets"]
+
+Log = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a campaign trains: registry name, settings (``None``: defaults) and seed.
+
+    ``seed`` None keeps the seed the settings hold; an int overrides it per campaign.
+    """
+
+    name: str
+    settings: Any = None
+    seed: int | None = None
+
+    def resolved_settings(self):
+        from loops.models import model_class
+
+        return self.settings if self.settings is not None else model_class(self.name).settings_class()
+
+    def make(self, seed: int | None = None):
+        from loops.models import make_model
+
+        return make_model(self.name, self.settings, seed=self.seed if seed is None else seed)
+
+
+@dataclass
+class Campaign:
+    """One strategy and seed run as rounds over a candidate source (see the module notes).
+
+    Parameters
+    ----------
+    out : Path
+        Run directory (shared by the campaigns of a run).
+    label : str
+        Names the campaign's files: the strategy as written (``d-optimal@gap-kernel+forces``).
+    seed : int
+        Round r's selection uses ``seed + r``.
+    allowed : array of int
+        Pool indices this campaign may pick (the candidate source).
+    strategy, first : strategy objects
+        ``first`` picks round 0 (default ``strategy``): the initial design of a loop, or random
+        for a strategy that needs a model before any exists.
+    book : LabelBook
+        Oracle and label store; ``book.frames`` is the (bare) pool.
+    model : ModelRef
+    e0s : dict
+        Element → isolated-atom energy (eV).
+    tests : dict
+        Test-set name → extxyz path; ``test_limit`` caps configurations per ``config_type``.
+    schedule : tuple of int
+        Cumulative budgets, increasing.
+    ahead : bool
+        One-shot: select ``schedule[-1]`` at once, label-free; cells use prefixes.
+    keep_models : bool
+        Keep every cell's model files.
+    features : Features
+        Design blocks per feature space (shared between campaigns).
+    """
+
+    out: Path
+    label: str
+    seed: int
+    allowed: np.ndarray
+    strategy: Any
+    book: LabelBook
+    model: ModelRef
+    e0s: dict
+    tests: dict
+    schedule: tuple[int, ...]
+    features: Features
+    first: Any = None
+    ahead: bool = False
+    test_limit: int | None = None
+    keep_models: bool = False
+    log: Log = _quiet
+    _labels: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.schedule or any(b < 1 for b in self.schedule) or list(self.schedule) != sorted(set(self.schedule)):
+            raise InputError(f"a campaign's budgets must be positive and increasing, got {self.schedule}")
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def selection_path(self) -> Path:
+        return Path(self.out) / "selections" / self.label / f"seed{self.seed}.json"
+
+    def selected(self) -> list[int]:
+        """Picks so far, in order (read from the run directory)."""
+        return [int(i) for i in read_json(self.selection_path, {"selected": []})["selected"]]
+
+    def rounds(self) -> list[int]:
+        """Picks made in each round so far."""
+        return [int(n) for n in read_json(self.selection_path, {}).get("rounds", [])]
+
+    def _save(self, selected: list[int], rounds: list[int]) -> None:
+        atomic_write_text(self.selection_path, json.dumps({"selected": selected, "rounds": rounds}))
+
+    def _labelled(self, idx: Sequence[int], round: int) -> dict:
+        """Labels of ``idx`` (None for failures), from the oracle where new."""
+        missing = [i for i in idx if i not in self._labels]
+        if missing:
+            self._labels.update(self.book.labels(missing, round=round))
+        return {i: self._labels[i] for i in idx}
+
+    # -- the phases of a round ----------------------------------------------------------------------
+    def select(self, r: int, selected: list[int], model=None) -> list[int]:
+        """Extend ``selected`` to ``schedule[r]`` picks (or ``schedule[-1]`` ahead) and record them."""
+        budget = self.schedule[-1] if self.ahead else self.schedule[r]
+        need = budget - len(selected)
+        remaining = np.setdiff1d(self.allowed, selected)
+        if need <= 0 or len(remaining) == 0:
+            return selected
+        strategy = self.first if (self.first is not None and not selected) else self.strategy
+        labels = {} if self.ahead else self._labelled(selected, r)
+        ok = [i for i in selected if labels.get(i) is not None]
+        ctx = RoundContext(pool=self.book.frames, labels={i: labels[i] for i in ok}, e0s=self.e0s,
+                           seed=self.seed + r, features=self.features, model=model)
+        t0 = time.perf_counter()
+        picks = strategy.select(min(need, len(remaining)), remaining, ok, ctx)
+        rounds = read_json(self.selection_path, {}).get("rounds", [])
+        selected = selected + [int(i) for i in picks]
+        self._save(selected, rounds + [len(picks)])
+        self.log(f"{self.label}, seed {self.seed}: picked {len(picks)} of {len(remaining)} candidates "
+                 f"in {time.perf_counter() - t0:.1f} s")
+        return selected
+
+    def task(self, r: int, selected: list[int]) -> CellTask | None:
+        """The cell closing round ``r`` (labels what it needs), or None when it is finished.
+
+        Raises
+        ------
+        InputError
+            Every label of the cell failed: nothing to fit.
+        """
+        budget = self.schedule[r]
+        picked = selected[:budget]
+        if read_cell(self.out, self.label, self.seed, budget, picked) is not None:
+            return None
+        labels = self._labelled(picked, r)
+        ok = [i for i in picked if labels[i] is not None]
+        if not ok:
+            raise InputError(f"{self.label}, seed {self.seed}, k={budget}: every label failed; nothing to fit "
+                             f"(see {Path(self.out) / 'labels.db'})")
+        return CellTask(self.label, self.seed, budget, tuple(picked), len(picked) - len(ok),
+                        tuple(labels[i] for i in ok), self.model.name, self.model.resolved_settings(), self.e0s,
+                        self.tests, self.test_limit, str(self.out), self.keep_models,
+                        model_seed=self.model.seed, round=r)
+
+    def _selection_model(self, r: int, selected: list[int], kept):
+        """The model the next selection needs, fitted on the labels of rounds < r."""
+        name = getattr(self.strategy, "model", None)
+        if name is None or not selected:
+            return None
+        prev = self.schedule[r - 1]
+        if kept is not None and kept[0] == prev:
+            return kept[1]
+        labels = self._labelled(selected, r)
+        train = [labels[i] for i in selected if labels[i] is not None]
+        same = name == self.model.name
+        model = (self.model.make() if same else ModelRef(name, seed=self.seed).make())
+        where = ("" if same else f"selection/{name}/")
+        workdir = Path(self.out) / "models" / f"{where}{self.label}" / f"seed{self.seed}" / f"k{prev}"
+        model.fit(train, e0s=self.e0s, workdir=workdir)
+        return model
+
+    # -- the cycle --------------------------------------------------------------------------------
+    def plan(self) -> list[int]:
+        """One-shot: the label-free selection for the largest budget (made once, then read)."""
+        return self.select(0, self.selected())
+
+    def run(self, *, stop_after: int | None = None) -> list[dict]:
+        """Run (or resume) every round: select, label, fit, score. Returns the cell records.
+
+        ``stop_after`` ends after that many rounds (the loop's ``--rounds``); the pool running
+        out of candidates ends the campaign early, with a log line.
+        """
+        selected = self.selected()
+        records, kept = [], None
+        reuse = getattr(self.strategy, "model", None) == self.model.name
+        for r, budget in enumerate(self.schedule[:stop_after]):
+            if len(selected) < (self.schedule[-1] if self.ahead else budget):
+                if len(np.setdiff1d(self.allowed, selected)) == 0:
+                    self.log(f"{self.label}, seed {self.seed}: the pool is exhausted after {len(selected)} picks")
+                    break
+                model = None if self.ahead else self._selection_model(r, selected, kept)
+                selected = self.select(r, selected, model)
+            task = self.task(r, selected)
+            if task is None:
+                records.append(read_cell(self.out, self.label, self.seed, budget))
+                continue
+            fitted = None
+            if reuse and r + 1 < len(self.schedule):
+                # the trained model also drives the next round's selection: keep it (and its files)
+                fitted = self.model.make().fit(list(task.train), e0s=self.e0s, workdir=task.workdir)
+                kept = (budget, fitted)
+            records.append(run_cell(task, fitted=fitted))
+            self.log(f"{self.label}, seed {self.seed}, k={budget}: " + headline(records[-1]))
+        return records
+
+
+def test_sets(paths: Sequence[Path], limit: int | None, species: Sequence[str]) -> dict[str, str]:
+    """Test-set name (file stem) → resolved path, checked before any label is made.
+
+    Raises
+    ------
+    InputError
+        No test file, or two with the same name.
+    UnknownElementError
+        A test file holds an element the pool lacks: a model fitted on the pool cannot predict it.
+    """
+    from loops.cells import load_test
+    from oed.errors import UnknownElementError
+
+    if not paths:
+        raise InputError("give at least one test file")
+    names = [Path(p).stem for p in paths]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"test files must have distinct names, repeated: {', '.join(dup)}")
+    tests = {Path(p).stem: str(Path(p).resolve()) for p in paths}
+    for name, path in tests.items():
+        extra = sorted({s for a in load_test(path, limit) for s in a.get_chemical_symbols()} - set(species))
+        if extra:
+            raise UnknownElementError(f"test set {name} contains {', '.join(extra)}, absent from the pool: "
+                                      "a model fitted on the pool cannot predict it")
+    return tests
+
+
+def headline(record: dict) -> str:
+    """One line of a cell's errors: force MAE (meV/Å) where a test set has forces, else energy MAE."""
+    parts = []
+    for name, m in record["errors"].items():
+        if "force_mae" in m:
+            parts.append(f"{name} F-MAE {m['force_mae']:.1f} meV/Å")
+        elif "energy_mae" in m:
+            parts.append(f"{name} E-MAE {m['energy_mae']:.2f} meV/atom")
+    return "; ".join(parts)

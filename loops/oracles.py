@@ -1,0 +1,481 @@
+"""Oracles: where labels come from. A protocol as small as an ASE calculator.
+
+An oracle has a ``name`` (its level of theory, e.g. ``"pyscf:pbe/def2-svp"``), labels
+configurations, ``label(frames) -> list[LabelResult]`` (a labelled copy with ``REF_energy``
+in eV and ``REF_forces`` in eV/Å, or a failure with its reason — never a wrong label), and
+gives isolated-atom energies, ``e0s(species)``. Implementations:
+
+- :class:`ReplayOracle` (``"pool"``): a labelled pool revealing a label only when asked;
+- :class:`PySCFOracle` (``"pyscf:xc/basis"``), :class:`XTBOracle` (``"xtb:gfn2-xtb"``);
+- :class:`CalculatorOracle` (``"ase:MODULE:CLASS[:JSON kwargs]"``): any ASE calculator.
+
+:class:`LabelBook` puts an oracle behind an ase.db :class:`~loops.store.LabelStore`: each
+label is committed the moment it exists, and a configuration with a row is never labelled again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from ase import Atoms
+
+from loops.errors import CalculationFailed, SetupError
+from loops.labelers import LabelResult, label_with
+from loops.parallel import Executor
+from oed.errors import InputError
+from oed.io import REF_ENERGY, REF_FORCES, reference_energy, reference_forces, structure_hash
+
+__all__ = ["CalculatorOracle", "LabelBook", "Oracle", "PySCFOracle", "ReplayOracle", "XTBOracle",
+           "bare", "make_oracle", "parse_oracle"]
+
+#: info keys a bare configuration keeps (everything else could carry a label).
+_KEPT_INFO = ("config_type", "charge")
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """Structural type of a label source."""
+
+    name: str
+
+    def label(self, frames: Sequence[Atoms], *, on_result=None) -> list[LabelResult]:
+        """One :class:`~loops.labelers.LabelResult` per configuration, in input order."""
+        ...
+
+    def e0s(self, species: Sequence[str]) -> dict[str, float]:
+        """Isolated-atom energies (eV) at the oracle's level of theory."""
+        ...
+
+
+def bare(atoms: Atoms, index: int | None = None) -> Atoms:
+    """A configuration with no label: numbers, positions, cell, pbc, ``config_type``, charge."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    for key in _KEPT_INFO:
+        if key in atoms.info:
+            out.info[key] = atoms.info[key]
+    if index is not None:
+        out.info["oed_pool_index"] = int(index)
+    return out
+
+
+def _with_label(atoms: Atoms, energy: float, forces: np.ndarray, level: str) -> Atoms:
+    out = atoms.copy()
+    out.calc = None
+    out.info.pop("energy", None)
+    out.arrays.pop("forces", None)
+    out.info[REF_ENERGY] = float(energy)
+    out.arrays[REF_FORCES] = np.array(forces, dtype=float)
+    out.info["level_of_theory"] = level
+    return out
+
+
+class ReplayOracle:
+    """A labelled pool acting as the oracle: a label is revealed only when asked for.
+
+    Configurations are found by structure hash, so a selector that only ever saw bare
+    geometries (:func:`bare`) gets the published label of exactly what it picked;
+    ``revealed_`` records the hashes handed out (the leak test reads it).
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        The labelled pool: every configuration with a reference energy (eV) and forces (eV/Å).
+
+    Raises
+    ------
+    InputError
+        A configuration without an energy or forces (its index is named).
+    """
+
+    name = "pool"
+
+    def __init__(self, frames: Sequence[Atoms]) -> None:
+        self._labels: dict[str, tuple[float, np.ndarray]] = {}
+        self._isolated: dict[str, float] = {}
+        for i, atoms in enumerate(frames):
+            e, f = reference_energy(atoms), reference_forces(atoms)
+            if e is None or f is None:
+                lacking = " and ".join(w for w, v in (("energy", e), ("forces", f)) if v is None)
+                raise InputError(f"pool configuration {i} has no reference {lacking}: the pool oracle "
+                                 "replays published labels (use --oracle pyscf:xc/basis to label live)")
+            self._labels[structure_hash(atoms)] = (float(e), np.array(f, dtype=float))
+            if len(atoms) == 1:
+                self._isolated[atoms.get_chemical_symbols()[0]] = float(e)
+        self.revealed_: set[str] = set()
+
+    def label(self, frames: Sequence[Atoms], *, on_result=None) -> list[LabelResult]:
+        """Labelled copies of ``frames``; a configuration not in the pool is a recorded failure."""
+        results = []
+        for i, atoms in enumerate(frames):
+            key = structure_hash(atoms)
+            if key in self._labels:
+                energy, forces = self._labels[key]
+                self.revealed_.add(key)
+                result = LabelResult(i, _with_label(atoms, energy, forces, self.name), None, 0.0)
+            else:
+                result = LabelResult(i, None, "not in the replayed pool", 0.0)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+        return results
+
+    def e0s(self, species: Sequence[str]) -> dict[str, float]:
+        """Energies of the isolated atoms the pool holds.
+
+        Raises
+        ------
+        InputError
+            An element without a single-atom configuration in the pool.
+        """
+        missing = [s for s in species if s not in self._isolated]
+        if missing:
+            raise InputError(f"no isolated-atom energy (E0) for {', '.join(missing)}: give --e0s FILE "
+                             "(extxyz of single atoms at the pool's level of theory)")
+        return {s: self._isolated[s] for s in species}
+
+
+class PySCFOracle:
+    """DFT or Hartree–Fock labels from PySCF (:class:`loops.labelers.PySCFLabeler`).
+
+    Parameters
+    ----------
+    method : str
+        Level of theory ``"xc/basis"`` (checked now, before any work).
+    executor : Executor
+        Where the SCF runs go (local processes or Dask).
+    **settings
+        Other :class:`~loops.labelers.PySCFLabeler` parameters (``charge``, ``density_fit``, …).
+    """
+
+    def __init__(self, method: str = "pbe/def2-svp", *, executor: Executor = Executor(), **settings) -> None:
+        from loops.labelers import parse_level_of_theory
+
+        xc, basis = parse_level_of_theory(method)
+        self.method = f"{xc}/{basis}"
+        self.name = f"pyscf:{self.method}"
+        self.executor, self.settings = executor, settings
+
+    def label(self, frames: Sequence[Atoms], *, on_result=None) -> list[LabelResult]:
+        from loops.labelers import label_many
+
+        ex = self.executor
+        return label_many(list(frames), method=self.method, workers=ex.workers, client=ex.client,
+                          progress=ex.progress, on_result=on_result, **self.settings)
+
+    def e0s(self, species: Sequence[str]) -> dict[str, float]:
+        from loops.labelers import isolated_atom_energies
+
+        return isolated_atom_energies(species, method=self.method,
+                                      density_fit=self.settings.get("density_fit", True))
+
+
+class XTBOracle:
+    """GFN-xTB labels from tblite (:mod:`loops.xtb`): a cheap stand-in for DFT (~1 % of its cost).
+
+    Parameters
+    ----------
+    method : {"gfn2-xtb", "gfn1-xtb"}
+    executor : Executor
+        Local processes (xTB takes milliseconds: chunks are sent); Dask is not used for xTB.
+    """
+
+    def __init__(self, method: str = "gfn2-xtb", *, executor: Executor = Executor(), **settings) -> None:
+        from loops.xtb import _canonical_method
+
+        self.method = _canonical_method(method)
+        self.name = f"xtb:{self.method}"
+        self.executor, self.settings = executor, settings
+
+    def label(self, frames: Sequence[Atoms], *, on_result=None) -> list[LabelResult]:
+        from loops.xtb import label_many_xtb
+
+        return label_many_xtb(list(frames), method=self.method, workers=self.executor.workers,
+                              progress=self.executor.progress, on_result=on_result, **self.settings)
+
+    def e0s(self, species: Sequence[str]) -> dict[str, float]:
+        from loops.xtb import isolated_atom_energies_xtb
+
+        return isolated_atom_energies_xtb(species, method=self.method)
+
+
+def _calculator_class(module: str, cls: str) -> type:
+    try:
+        found = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"no ASE calculator {cls!r} in module {module!r}: {exc}") from None
+    if not isinstance(found, type):
+        raise InputError(f"{module}:{cls} is not a class")
+    return found
+
+
+def _label_with_calculator(index: int, atoms: Atoms, settings: dict) -> LabelResult:
+    # Module level: runs in worker processes; the calculator is built there from its name.
+    from ase.calculators.calculator import CalculationFailed as ASECalculationFailed
+
+    start = time.perf_counter()
+    work = atoms.copy()
+    work.calc = _calculator_class(settings["module"], settings["cls"])(**settings["kwargs"])
+    try:
+        energy = float(work.get_potential_energy())
+        forces = np.asarray(work.get_forces(), dtype=float)
+    except (ASECalculationFailed, CalculationFailed) as exc:  # a run failure: recorded, the rest go on
+        return LabelResult(index, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+    if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+        return LabelResult(index, None, "non-finite energy or forces", time.perf_counter() - start)
+    return LabelResult(index, _with_label(atoms, energy, forces, settings["name"]), None,
+                       time.perf_counter() - start)
+
+
+class CalculatorOracle:
+    """Labels from any ASE calculator, named by module and class (built afresh in each worker).
+
+    Parameters
+    ----------
+    module, cls : str
+        e.g. ``"ase.calculators.lj"``, ``"LennardJones"``.
+    kwargs : dict or None
+        Constructor keyword arguments (JSON-serialisable, e.g. ``{"sigma": 1.0}``).
+    executor : Executor
+
+    Raises
+    ------
+    InputError
+        The class cannot be imported, or does not accept ``kwargs`` (checked now).
+
+    Notes
+    -----
+    ``ase.calculators.calculator.CalculationFailed`` is recorded as a failure of that
+    configuration; any other exception is a bug or a set-up error and stops the run.
+    """
+
+    def __init__(self, module: str, cls: str, kwargs: dict | None = None, *,
+                 executor: Executor = Executor()) -> None:
+        kwargs = dict(kwargs or {})
+        calc_cls = _calculator_class(module, cls)
+        known = set(getattr(calc_cls, "default_parameters", None) or ())
+        unknown = sorted(set(kwargs) - known) if known else []
+        try:
+            if unknown:  # ASE calculators store unknown keywords silently: refuse them here
+                raise TypeError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            calc = calc_cls(**kwargs)
+        except TypeError as exc:
+            raise InputError(f"{module}:{cls} does not take {kwargs}: {exc}") from None
+        if "forces" not in getattr(calc, "implemented_properties", ()):
+            raise InputError(f"{module}:{cls} does not compute forces: a label needs energy and forces")
+        self.name = f"ase:{module}:{cls}" + (f":{json.dumps(kwargs, sort_keys=True)}" if kwargs else "")
+        self._settings = {"module": module, "cls": cls, "kwargs": kwargs, "name": self.name}
+        self.executor = executor
+
+    def label(self, frames: Sequence[Atoms], *, on_result=None) -> list[LabelResult]:
+        return label_with(_label_with_calculator, frames, self._settings, f"labelling with {self.name}",
+                          self.executor, on_result)
+
+    def e0s(self, species: Sequence[str]) -> dict[str, float]:
+        """The calculator's energy of each free atom (eV).
+
+        Raises
+        ------
+        SetupError
+            The calculator fails on a free atom.
+        """
+        results = self.label([Atoms(s) for s in species])
+        failed = [s for s, r in zip(species, results) if not r.ok]
+        if failed:
+            raise SetupError(f"{self.name} gives no energy for the free atom(s) {', '.join(failed)}")
+        return {s: float(r.atoms.info[REF_ENERGY]) for s, r in zip(species, results)}
+
+
+def parse_oracle(spec: str) -> tuple[str, tuple]:
+    """Split an oracle string: ``"pool"``, ``"pyscf:xc/basis"``, ``"xtb:gfn2-xtb"`` or
+    ``"ase:MODULE:CLASS[:JSON]"`` → (kind, arguments).
+
+    Raises
+    ------
+    InputError
+        Anything else, or JSON keyword arguments that are not an object.
+    """
+    if not isinstance(spec, str):
+        raise InputError(f"oracle must be a string, got {spec!r}")
+    if spec == "pool":
+        return "pool", ()
+    kind, _, rest = spec.partition(":")
+    if kind in ("pyscf", "xtb") and rest:
+        return kind, (rest,)
+    if kind == "ase":
+        module, _, tail = rest.partition(":")
+        cls, _, text = tail.partition(":")
+        if module and cls:
+            try:
+                kwargs = json.loads(text) if text else {}
+            except json.JSONDecodeError as exc:
+                raise InputError(f"oracle {spec!r}: keyword arguments are not valid JSON ({exc})") from None
+            if not isinstance(kwargs, dict):
+                raise InputError(f"oracle {spec!r}: keyword arguments must be a JSON object")
+            return "ase", (module, cls, kwargs)
+    raise InputError(f"oracle must be 'pool', 'pyscf:xc/basis', 'xtb:gfn2-xtb' or "
+                     f"'ase:MODULE:CLASS[:JSON]', got {spec!r}")
+
+
+def make_oracle(spec: str, *, pool: Sequence[Atoms] | None = None, executor: Executor = Executor()):
+    """The oracle named by ``spec`` (see :func:`parse_oracle`); ``pool`` is needed for ``"pool"``.
+
+    Raises
+    ------
+    InputError
+        A bad spec, or ``"pool"`` without a labelled pool.
+    SetupError
+        A level of theory PySCF or tblite does not know.
+    """
+    kind, args = parse_oracle(spec)
+    if kind == "pool":
+        if pool is None:
+            raise InputError("the 'pool' oracle replays a labelled pool: give one (--pool)")
+        return ReplayOracle(pool)
+    if kind == "pyscf":
+        return PySCFOracle(args[0], executor=executor)
+    if kind == "xtb":
+        return XTBOracle(args[0], executor=executor)
+    return CalculatorOracle(*args, executor=executor)
+
+
+#: Test-only: SIGKILL this process after this many committed labels — a deterministic
+#: interruption for the resume tests (``tests/test_loop.py``), instead of racing a timer.
+KILL_AFTER_ENV = "OED_TEST_KILL_AFTER_LABELS"
+
+
+def _kill_after_commits():
+    limit = os.environ.get(KILL_AFTER_ENV)
+    if not limit:
+        return None
+    count = [0]
+
+    def kill() -> None:
+        count[0] += 1
+        if count[0] >= int(limit):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
+
+
+class LabelBook:
+    """An oracle behind an ase.db store: label what is missing, commit each label at once.
+
+    Parameters
+    ----------
+    oracle : Oracle
+    store_path : Path or None
+        The ase.db file; ``None`` keeps labels in memory (the replay oracle: nothing to save).
+    frames : sequence of ase.Atoms
+        Bare configurations addressed by index (a pool, or candidates found so far).
+
+    Notes
+    -----
+    A configuration with a row, label or failure, is never sent to the oracle again
+    (structure hash as key), so a killed run resumes without relabelling.
+    """
+
+    def __init__(self, oracle: Oracle, store_path: Path | None, frames: Sequence[Atoms]) -> None:
+        from loops.store import LabelStore
+
+        self.oracle = oracle
+        self.frames = list(frames)
+        self._keys = [structure_hash(a) for a in self.frames]
+        self._store = None if store_path is None else LabelStore(store_path, oracle.name)
+        self._memory: dict[int, Atoms | None] = {}
+        #: called after each committed label (the kill test stops the run there, see below).
+        self.after_commit = _kill_after_commits()
+
+    def labels(self, indices: Iterable[int], *, round: int = 0) -> dict[int, Atoms | None]:
+        """Labelled copies of ``frames[i]`` (``None`` where the oracle failed), labelling what is new."""
+        indices = [int(i) for i in dict.fromkeys(indices)]
+        if self._store is None:
+            todo = [i for i in indices if i not in self._memory]
+            if todo:
+                for i, r in zip(todo, self.oracle.label([self.frames[i] for i in todo])):
+                    self._memory[i] = r.atoms if r.ok else None
+            return {i: self._memory[i] for i in indices}
+        status = self._store.status()
+        todo = [i for i in indices if self._keys[i] not in status]
+        if todo:
+            def commit(result: LabelResult) -> None:
+                i = todo[result.index]
+                self._store.add(self._keys[i], atoms=result.atoms if result.ok else self.frames[i],
+                                pool_index=i, round=round, seconds=result.seconds, error=result.error)
+                if self.after_commit is not None:
+                    self.after_commit()
+
+            self.oracle.label([self.frames[i] for i in todo], on_result=commit)
+        wanted = {self._keys[i]: i for i in indices}
+        found: dict[int, Atoms] = {}
+        for atoms in self._store.labelled(keys=set(wanted)):
+            i = wanted[structure_hash(atoms)]
+            found[i] = _with_label(self.frames[i], atoms.info[REF_ENERGY], atoms.arrays[REF_FORCES],
+                                   self.oracle.name)
+        return {i: found.get(i) for i in indices}
+
+    def labelled(self) -> list[Atoms]:
+        """Every label in the store (for ``labelled.xyz``)."""
+        return [] if self._store is None else self._store.labelled()
+
+    def pending(self, indices: Iterable[int]) -> list[int]:
+        """Indices without a row yet (what :meth:`labels` would send to the oracle)."""
+        if self._store is None:
+            return [int(i) for i in indices if int(i) not in self._memory]
+        status = self._store.status()
+        return [int(i) for i in indices if self._keys[int(i)] not in status]
+
+
+def e0s_from_file(path: Path, species: Sequence[str]) -> dict[str, float]:
+    """Isolated-atom energies (eV) from an extxyz of single atoms.
+
+    Raises
+    ------
+    InputError
+        An element of ``species`` without one.
+    """
+    from oed.io import read_structures
+
+    e0s: dict[str, float] = {}
+    for atoms in read_structures(path, what="isolated-atoms file"):
+        energy = reference_energy(atoms)
+        if len(atoms) == 1 and energy is not None:
+            e0s[atoms.get_chemical_symbols()[0]] = float(energy)
+    missing = [s for s in species if s not in e0s]
+    if missing:
+        raise InputError(f"{path} has no isolated-atom energy for {', '.join(missing)}")
+    return {s: e0s[s] for s in species}
+
+
+def resolve_e0s(oracle: Oracle, species: Sequence[str], *, e0s_file: Path | None = None,
+                cache: Path | None = None, log=None) -> dict[str, float]:
+    """E0s from ``e0s_file``, else from the oracle (cached in ``cache``, a JSON file).
+
+    Raises
+    ------
+    InputError
+        The file or the replayed pool lacks an element.
+    """
+    if e0s_file is not None:
+        return e0s_from_file(Path(e0s_file), species)
+    from loops.rundir import read_json
+    from oed.io import atomic_write_text
+
+    known: dict[str, Any] = read_json(cache, {}) if cache is not None else {}
+    if known.get("oracle") != oracle.name:
+        known = {"oracle": oracle.name, "e0s": {}}
+    missing = [s for s in species if s not in known["e0s"]]
+    if missing:
+        if log is not None and not isinstance(oracle, ReplayOracle):
+            log(f"isolated-atom energies (E0s) for {', '.join(missing)} with {oracle.name}")
+        known["e0s"].update(oracle.e0s(missing))
+        if cache is not None and not isinstance(oracle, ReplayOracle):
+            atomic_write_text(cache, json.dumps(known, indent=2))
+    return {s: float(known["e0s"][s]) for s in species}
