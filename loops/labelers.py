@@ -20,9 +20,7 @@ J. Chem. Phys. 153, 024109 (2020).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +33,7 @@ from ase.data import atomic_numbers, chemical_symbols
 from ase.units import Bohr, Hartree
 
 from loops.errors import CalculationFailed, SCFNotConverged, SetupError
+from loops.parallel import Executor
 from oed.io import REF_ENERGY, REF_FORCES
 
 __all__ = [
@@ -90,17 +89,18 @@ def parse_level_of_theory(method: str) -> tuple[str, str]:
     xc, basis = parts
     from pyscf import gto
     from pyscf.dft import libxc
+    from pyscf.lib.exceptions import BasisNotFoundError
 
     if xc != "hf":
         try:
             libxc.parse_xc(xc)
-        except Exception as exc:  # KeyError or ValueError, depending on the string
+        except (KeyError, ValueError) as exc:  # what libxc raises for a name it does not know
             raise SetupError(f"unknown exchange-correlation functional {xc!r} in {method!r}") from exc
     with warnings.catch_warnings():  # PySCF suggests installing basis-set-exchange
         warnings.simplefilter("ignore")
         try:
             gto.basis.load(basis, "H")
-        except Exception as exc:
+        except BasisNotFoundError as exc:  # anything else is a real PySCF failure: let it show
             raise SetupError(f"unknown basis set {basis!r} in {method!r}") from exc
     return xc, basis
 
@@ -299,12 +299,13 @@ def _check_parameters(p: dict) -> None:
 @functools.lru_cache(maxsize=256)  # PySCF re-parses the basis file on every load
 def _check_basis_has(basis: str, symbol: str) -> None:
     from pyscf import gto
+    from pyscf.lib.exceptions import BasisNotFoundError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             gto.basis.load(basis, symbol)
-        except Exception as exc:
+        except BasisNotFoundError as exc:
             raise SetupError(f"basis set {basis!r} has no functions for {symbol}") from exc
 
 
@@ -441,69 +442,6 @@ def _label_one(index: int, atoms: Atoms, settings: dict) -> LabelResult:
     return LabelResult(index, labelled, None, time.perf_counter() - start)
 
 
-def _init_worker(threads: int) -> None:
-    # Each worker gets its share of the cores: PySCF's OpenMP and numpy's BLAS
-    # would otherwise each start one thread per core in every process.
-    from pyscf import lib
-
-    lib.num_threads(threads)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(limits=threads)
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def advance(self, *args, **kwargs):
-        pass
-
-
-@contextlib.contextmanager
-def collecting(n: int, description: str, progress: bool, on_result=None):
-    """``(results, collect)``: ``collect(result)`` stores a :class:`LabelResult` at its index,
-    advances a progress bar and calls ``on_result``; ``results`` has one slot per configuration."""
-    results: list[LabelResult | None] = [None] * n
-    with _progress_bar(progress) as bar:
-        task = bar.add_task(description, total=n)
-
-        def collect(result: LabelResult) -> None:
-            results[result.index] = result
-            bar.advance(task)
-            if on_result is not None:
-                on_result(result)
-
-        yield results, collect
-
-
-def _progress_bar(enabled: bool):
-    if not enabled:
-        return _NoProgress()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-
-
 def label_many(
     frames: Sequence[Atoms],
     *,
@@ -564,56 +502,25 @@ def label_many(
     settings["method"] = checker.level_of_theory
     for atoms in frames:
         checker.check_atoms(atoms)
-    n_cpu = os.cpu_count() or 1
-    if workers is None:
-        workers = max(1, min(len(frames), n_cpu))
-    elif not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
         raise SetupError(f"workers must be an integer >= 1, got {workers!r}")
-    if not frames:
-        return []
-
-    with collecting(len(frames), f"labelling at {settings['method']}", progress, on_result) as (results, collect):
-        if client is not None:
-            _run_dask(client, frames, settings, collect)
-        elif workers == 1:
-            for i, atoms in enumerate(frames):
-                collect(_label_one(i, atoms, settings))
-        else:
-            run_in_processes(workers, _init_worker, (max(1, n_cpu // workers),),
-                             [(_label_one, i, atoms, settings) for i, atoms in enumerate(frames)], collect)
-    return results  # type: ignore[return-value]  # every slot is filled or we raised
+    return label_with(_label_one, frames, settings, f"labelling at {settings['method']}",
+                      Executor(workers=workers, client=client, progress=progress), on_result)
 
 
-def run_in_processes(workers: int, initializer, initargs: tuple, calls: Sequence[tuple], collect) -> None:
-    """Run ``fn(*args)`` for each ``(fn, *args)`` of ``calls`` on ``workers`` spawned processes.
+def label_with(fn, frames: Sequence[Atoms], settings: dict, description: str, executor, on_result=None,
+               chunk: int = 1) -> list[LabelResult]:
+    """Run ``fn(index, atoms, settings) -> LabelResult`` over ``frames`` on ``executor``.
 
-    ``collect(result)`` sees each result as it completes. On an error the queued calls are
-    dropped rather than run unseen, and the error propagates.
+    The one labelling map of every oracle: results in input order, each passed to
+    ``on_result`` in this process as it arrives (to be committed before the next one lands).
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    # spawn, not fork: forking a process that has started OpenMP/BLAS threads can deadlock.
-    executor = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=initializer,
-        initargs=initargs,
-    )
-    try:
-        futures = [executor.submit(fn, *args) for fn, *args in calls]
-        for future in as_completed(futures):
-            collect(future.result())
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    frames = list(frames)
+    task = functools.partial(_labelling_task, fn, settings)
+    collect = None if on_result is None else (lambda i, result: on_result(result))
+    return executor.map(task, list(enumerate(frames)), description=description, on_result=collect, chunk=chunk)
 
 
-def _run_dask(client, frames, settings, collect) -> None:
-    from distributed import as_completed
-
-    futures = [client.submit(_label_one, i, atoms, settings, pure=False) for i, atoms in enumerate(frames)]
-    try:
-        for future in as_completed(futures):
-            collect(future.result())
-    finally:
-        client.cancel(futures)
+def _labelling_task(fn, settings: dict, item: tuple[int, Atoms]) -> LabelResult:
+    index, atoms = item
+    return fn(index, atoms, settings)

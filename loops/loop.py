@@ -1,15 +1,17 @@
-"""The active-learning loop: select → label (PySCF) → fit (GAP) → evaluate → repeat.
+"""The active-learning loop: one campaign of select → label → fit → score rounds.
 
-Round 0 labels an initial design of ``n_init`` configurations; each of the
-``n_rounds`` rounds after it picks ``batch_size`` more with the selector
-conditioned on everything labelled so far. All state lives in the run
-directory, so running the same command again resumes:
+Round 0 labels an initial design of ``n_init`` configurations; each of the ``n_rounds``
+rounds after it picks ``batch_size`` more with the strategy conditioned on everything labelled
+so far (:class:`loops.campaign.Campaign`). Labels come from any oracle (PySCF by default, xTB,
+any ASE calculator, or the pool's own labels replayed). All state lives in the run directory,
+so running the same command again resumes, and adding rounds extends:
 
 - ``config.json``   the settings that fix the picks; a rerun with others is refused
-- ``picks.json``    each round's picks, written *before* labelling starts (claim)
+- ``selections/<strategy>/seed<s>.json``   the picks, written *before* labelling starts (claim)
 - ``labels.db``     ase.db (SQLite), one committed row per label or failure
-- ``e0s.json``      isolated-atom energies (eV) used as GAP E0s
-- ``models/round_NNN/gap.xml``  the potential of each round
+- ``e0s.json``      isolated-atom energies (eV) used as E0s
+- ``cells/<strategy>/seed<s>/k<n>.json``   each round's training picks and errors
+- ``models/<strategy>/seed<s>/k<n>/``      each round's potential (``gap.xml`` for a GAP)
 - ``results.json``  errors per round and test file (meV/atom, meV/Å)
 - ``labelled.xyz``  every label as extended XYZ (REF_energy, REF_forces)
 - ``learning_curve.png``
@@ -18,20 +20,22 @@ directory, so running the same command again resumes:
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from oed.design import DEFAULT_REG, FeatureSpec, design_features, fit_selector
-from oed.errors import InputError, UnknownElementError
-from oed.io import atomic_write_text, pool_hash, read_structures, structure_hash, write_structures
+from loops.campaign import Campaign, ModelRef, test_sets
+from loops.gap import GAPSettings
+from loops.models import model_class
+from loops.oracles import LabelBook, ReplayOracle, bare, make_oracle, parse_oracle, resolve_e0s
+from loops.parallel import Executor
+from loops.rundir import check_settings
+from loops.strategies import Features, SelectorStrategy, eligible
+from oed.design import DEFAULT_REG, FeatureSpec
+from oed.errors import InputError
+from oed.io import atomic_write_text, pool_hash, read_structures, write_structures
 from oed.selectors import selector_class
-from loops.gap import GAPModel, GAPSettings
-from loops.rundir import check_settings, read_json
-from loops.store import LabelStore
 
 Log = Callable[[str], None]
 
@@ -55,7 +59,11 @@ class LoopConfig:
     init_strategy : str or None
         Selector for the initial design; default: ``strategy``.
     method : str
-        Level of theory, ``xc/basis``.
+        Level of theory, ``xc/basis``, of the default oracle (PySCF).
+    oracle : str or None
+        Where labels come from (:func:`loops.oracles.parse_oracle`): ``"pyscf:xc/basis"``,
+        ``"xtb:gfn2-xtb"``, ``"ase:MODULE:CLASS[:JSON]"``, or ``"pool"`` (replay the pool's own
+        labels). Default: ``"pyscf:<method>"``.
     seed : int
         Random seed (round r uses ``seed + r``).
     workers : int or None
@@ -71,6 +79,13 @@ class LoopConfig:
     features : FeatureSpec
         Feature map and information rows the selector works on.
     gap : GAPSettings
+        Settings of the GAP (``model="gap"``; its ``rnd_seed`` is kept).
+    model : str
+        Model trained each round (``loops.models.available()``).
+    model_settings : dataclass or None
+        Settings of another model than the GAP (``None``: its defaults).
+    keep_models : bool
+        Keep every round's model files (default: yes, a loop's models are its product).
     """
 
     pool: Path
@@ -89,6 +104,10 @@ class LoopConfig:
     reg: float = DEFAULT_REG
     features: FeatureSpec = field(default_factory=FeatureSpec)
     gap: GAPSettings = field(default_factory=GAPSettings)
+    oracle: str | None = None
+    model: str = "gap"
+    model_settings: Any = None
+    keep_models: bool = True
 
     def validate(self) -> None:
         """Check the settings before any work.
@@ -116,7 +135,9 @@ class LoopConfig:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise InputError(f"test files must have distinct names, repeated: {', '.join(dup)}")
-        self.gap.validate()
+        parse_oracle(self.oracle_spec)
+        model_class(self.model)
+        self.settings().validate()
         self.features.validate()
 
     def fingerprint(self, pool_digest: str) -> dict:
@@ -128,50 +149,34 @@ class LoopConfig:
             "batch_size": self.batch_size,
             "strategy": self.strategy,
             "init_strategy": self.init_strategy or self.strategy,
-            "method": self.method,
+            "oracle": self.oracle_spec,
             "seed": self.seed,
             "test_limit": self.test_limit,
             "reg": self.reg,
             "features": asdict(self.features),
-            "gap": asdict(self.gap),
+            "model": self.model,
+            "model_settings": asdict(self.settings()),
         }
+
+    @property
+    def oracle_spec(self) -> str:
+        """The oracle string in use (``pyscf:<method>`` unless ``oracle`` is given)."""
+        return self.oracle if self.oracle is not None else f"pyscf:{self.method}"
+
+    def settings(self):
+        """Settings of the model trained each round."""
+        if self.model_settings is not None:
+            return self.model_settings
+        return self.gap if self.model == "gap" else model_class(self.model).settings_class()
+
+    def schedule(self) -> tuple[int, ...]:
+        """Cumulative labels after each round: n_init, n_init + batch, …"""
+        return tuple(self.n_init + r * self.batch_size for r in range(self.n_rounds + 1))
 
 
 def test_name(path: Path) -> str:
     """Name of a test set in results: its file name without extension."""
     return Path(path).stem
-
-
-def _subsample(frames: list, limit: int | None) -> list:
-    if limit is None or len(frames) <= limit:
-        return frames
-    idx = np.linspace(0, len(frames) - 1, limit).round().astype(int)
-    return [frames[i] for i in idx]
-
-
-def _load_e0s(config: LoopConfig, species: Sequence[str], out: Path, log: Log) -> dict[str, float]:
-    path = out / "e0s.json"
-    e0s = read_json(path, {})
-    missing = [s for s in species if s not in e0s]
-    if not missing:
-        return {s: e0s[s] for s in species}
-    if config.e0s_file is not None:
-        from oed.io import reference_energy
-
-        for atoms in read_structures(config.e0s_file, what="isolated-atoms file"):
-            energy = reference_energy(atoms)
-            if len(atoms) == 1 and energy is not None:
-                e0s[atoms.get_chemical_symbols()[0]] = energy
-        still = [s for s in species if s not in e0s]
-        if still:
-            raise InputError(f"{config.e0s_file} has no isolated-atom energy for {', '.join(still)}")
-    else:
-        from loops.labelers import isolated_atom_energies
-
-        log(f"isolated-atom energies (E0s) for {', '.join(missing)} at {config.method}")
-        e0s.update(isolated_atom_energies(missing, method=config.method))
-    atomic_write_text(path, json.dumps(e0s, indent=2))
-    return {s: e0s[s] for s in species}
 
 
 def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, client=None) -> list[dict]:
@@ -190,112 +195,61 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
     Returns
     -------
     list of dict
-        One entry per finished round: ``round``, ``n_labelled``, ``n_failed``,
-        ``n_picked``, ``strategy`` and ``errors`` = {test name: metrics} with
-        ``energy_mae``/``energy_rmse`` (meV/atom) and ``force_mae``/``force_rmse``
-        (meV/Å) where the test file has those labels.
+        One entry per finished round: ``round``, ``n_labelled``, ``n_failed``, ``n_picked``,
+        ``strategy``, ``fit_seconds`` and ``errors`` = {test name: metrics} with
+        ``energy_mae``/``energy_rmse`` (meV/atom) and ``force_mae``/``force_rmse`` (meV/Å)
+        where the test file has those labels (and per ``config_type`` where a file has several).
 
     Raises
     ------
     InputError, PoolError, UnknownElementError
-        Bad settings or files, found before any DFT is run.
+        Bad settings or files, found before any label is made.
     RunMismatchError
         ``config.out`` holds a run with other settings.
     """
-    from loops.evaluate import evaluate
-    from loops.labelers import label_many, parse_level_of_theory
-
     config.validate()
-    xc, basis = parse_level_of_theory(config.method)
-    method = f"{xc}/{basis}"
-    pool = read_structures(config.pool, what="pool")
-    tests = {
-        test_name(p): _subsample(read_structures(p, what="test set"), config.test_limit) for p in config.tests
-    }
-    if config.n_init > len(pool):
-        raise InputError(f"n_init={config.n_init} exceeds the pool size {len(pool)}")
-    species = sorted({s for atoms in pool for s in atoms.get_chemical_symbols()})
-    for name, frames in tests.items():
-        extra = sorted({s for a in frames for s in a.get_chemical_symbols()} - set(species))
-        if extra:
-            raise UnknownElementError(
-                f"test set {name} contains {', '.join(extra)}, absent from the pool: "
-                "a model fitted on the pool cannot predict it"
-            )
-
+    frames = read_structures(config.pool, what="pool")
+    if config.n_init > len(frames):
+        raise InputError(f"n_init={config.n_init} exceeds the pool size {len(frames)}")
+    species = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+    tests = test_sets(config.tests, config.test_limit, species)
+    oracle = make_oracle(config.oracle_spec, pool=frames,
+                         executor=Executor(workers=config.workers, client=client, progress=progress))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, config.fingerprint(pool_hash(pool)))
-    keys = [structure_hash(a) for a in pool]
-    store = LabelStore(out / "labels.db", method)
-    e0s = _load_e0s(config, species, out, log)
+    check_settings(out, config.fingerprint(pool_hash(frames)))
+    pool = [bare(a, i) for i, a in enumerate(frames)]
+    replay = isinstance(oracle, ReplayOracle)
+    book = LabelBook(oracle, None if replay else out / "labels.db", pool)
+    e0s = resolve_e0s(oracle, species, e0s_file=config.e0s_file, cache=out / "e0s.json", log=log)
 
     log(f"{config.features.kind} features of {len(pool)} pool configurations"
         + (" with force rows" if config.features.forces else ""))
-    X, _, _ = design_features(pool, config.features, progress=progress)
-    picks: dict[str, list[int]] = read_json(out / "picks.json", {})
-    results: list[dict] = read_json(out / "results.json", [])
-    done_rounds = {r["round"] for r in results}
+    features = Features(pool, cache_dir=out / "cache", progress=progress)
+    features.get(config.features)
+    init = config.init_strategy or config.strategy
+    campaign = Campaign(
+        out=out, label=config.strategy, seed=config.seed, allowed=eligible(frames),
+        strategy=SelectorStrategy(config.strategy, config.strategy, config.features, reg=config.reg),
+        first=SelectorStrategy(init, init, config.features, reg=config.reg),
+        book=book, model=ModelRef(config.model, config.settings()), e0s=e0s, tests=tests,
+        schedule=config.schedule(), features=features, test_limit=config.test_limit,
+        keep_models=config.keep_models, log=log)
+    records = campaign.run()
+    rounds = campaign.rounds()
+    results = [{
+        "round": r,
+        "n_labelled": rec["n_labelled"],
+        "n_failed": rec["n_failed"],
+        "n_picked": rounds[r] if r < len(rounds) else 0,
+        "strategy": init if r == 0 else config.strategy,
+        "fit_seconds": rec["fit_seconds"],
+        "errors": rec["errors"],
+    } for r, rec in enumerate(records)]
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    write_structures(out / "labelled.xyz", book.labelled() if not replay else
+                     [a for a in book.labels(campaign.selected()).values() if a is not None])
+    from loops.plots import plot_learning_curve
 
-    for rnd in range(config.n_rounds + 1):
-        status = store.status()
-        tried = [i for r in range(rnd) for i in picks.get(str(r), [])]
-        if str(rnd) not in picks:
-            labelled = [i for i in tried if status.get(keys[i])]
-            candidates = np.setdiff1d(np.arange(len(pool)), tried)
-            if len(candidates) == 0:
-                log(f"round {rnd}: the pool is exhausted; stopping")
-                break
-            name = (config.init_strategy or config.strategy) if rnd == 0 else config.strategy
-            k = config.n_init if rnd == 0 else config.batch_size
-            selector = fit_selector(name, min(k, len(candidates)), X.subset(candidates),
-                                    X_train=X.subset(labelled) if labelled else None,
-                                    seed=config.seed + rnd, reg=config.reg)
-            picks[str(rnd)] = [int(candidates[j]) for j in selector.selected_idx_]
-            atomic_write_text(out / "picks.json", json.dumps(picks))
-        batch = picks[str(rnd)]
-        todo = [i for i in batch if keys[i] not in status]
-        if todo:
-            log(f"round {rnd}: labelling {len(todo)} configurations at {method}"
-                + (f" ({len(batch) - len(todo)} already in labels.db)" if len(todo) < len(batch) else ""))
-
-            def commit(result, _todo=todo, _rnd=rnd):
-                i = _todo[result.index]
-                store.add(keys[i], atoms=result.atoms if result.ok else pool[i], pool_index=i,
-                          round=_rnd, seconds=result.seconds, error=result.error)
-
-            label_many([pool[i] for i in todo], method=method, workers=config.workers,
-                       client=client, progress=progress, on_result=commit)
-        if rnd in done_rounds:
-            continue
-
-        chosen = set(tried) | set(batch)
-        train = store.labelled(keys={keys[i] for i in chosen})
-        n_failed = len(chosen) - len(train)
-        if not train:
-            raise InputError(f"round {rnd}: every label failed; nothing to fit (see {out / 'labels.db'})")
-        log(f"round {rnd}: fitting GAP on {len(train)} configurations")
-        t0 = time.perf_counter()
-        model = GAPModel(config.gap).fit(train, e0s=e0s, workdir=out / "models" / f"round_{rnd:03d}")
-        fit_s = time.perf_counter() - t0
-        errors = {name: evaluate(model, frames) for name, frames in tests.items()}
-        results.append({
-            "round": rnd,
-            "n_labelled": len(train),
-            "n_failed": n_failed,
-            "n_picked": len(batch),
-            "strategy": (config.init_strategy or config.strategy) if rnd == 0 else config.strategy,
-            "fit_seconds": round(fit_s, 2),
-            "errors": errors,
-        })
-        results.sort(key=lambda r: r["round"])
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-        write_structures(out / "labelled.xyz", store.labelled())
-        from loops.plots import plot_learning_curve
-
-        plot_learning_curve(results, out / "learning_curve.png", title=f"{config.strategy}, {method}")
-        log(f"round {rnd}: " + "; ".join(
-            f"{n} F-MAE {e['force_mae']:.1f} meV/Å" if "force_mae" in e else f"{n} E-MAE {e['energy_mae']:.2f} meV/atom"
-            for n, e in errors.items()
-        ))
+    plot_learning_curve(results, out / "learning_curve.png", title=f"{config.strategy}, {oracle.name}")
     return results

@@ -37,12 +37,8 @@ from ase.calculators.calculator import InputError as ASEInputError
 from ase.data import atomic_numbers
 
 from loops.errors import CalculationFailed, SCFNotConverged, SetupError
-from loops.labelers import (
-    GROUND_STATE_SPIN,
-    LabelResult,
-    collecting,
-    run_in_processes,
-)
+from loops.labelers import GROUND_STATE_SPIN, LabelResult, label_with
+from loops.parallel import Executor
 from oed.io import REF_ENERGY, REF_FORCES
 
 __all__ = ["XTB_METHODS", "isolated_atom_energies_xtb", "label_many_xtb", "label_xtb", "omp_threads"]
@@ -264,19 +260,6 @@ def omp_threads(threads: int):
         yield
 
 
-def _init_xtb_worker(threads: int) -> None:
-    # tblite runs OpenMP (libgomp) loops; without a limit each worker process would start one
-    # thread per core. Load the library first so that threadpoolctl sees its OpenMP runtime.
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import tblite.ase  # noqa: F401
-
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return
-    threadpool_limits(limits=threads)
-
-
 def label_many_xtb(
     frames: Sequence[Atoms],
     *,
@@ -348,29 +331,13 @@ def label_many_xtb(
         return []
     settings = {"method": method, "charge": int(charge), "max_iterations": int(max_iterations)}
 
-    with collecting(len(frames), f"labelling with {XTB_METHODS[method]}", progress, on_result) as (results, collect):
-        if workers == 1:
-            with omp_threads(threads):
-                for i, atoms in enumerate(frames):
-                    collect(_label_one_xtb(i, atoms, settings))
-        else:
-            _run_pool_xtb(workers, threads, frames, settings, collect)
-    return results  # type: ignore[return-value]  # every slot is filled or we raised
-
-
-def _run_pool_xtb(workers, threads, frames, settings, collect) -> None:
+    description = f"labelling with {XTB_METHODS[method]}"
+    if workers == 1:
+        with omp_threads(threads):
+            return label_with(_label_one_xtb, frames, settings, description, Executor(workers=1, progress=progress),
+                              on_result)
     # xTB takes milliseconds per molecule: send chunks so that the pool's per-task overhead
     # does not dominate, one result per configuration all the same.
     chunk = max(1, min(64, len(frames) // (4 * workers)))
-    batches = [list(range(s, min(s + chunk, len(frames)))) for s in range(0, len(frames), chunk)]
-    calls = [(_label_batch_xtb, [(i, frames[i]) for i in batch], settings) for batch in batches]
-
-    def collect_batch(results: list[LabelResult]) -> None:
-        for result in results:
-            collect(result)
-
-    run_in_processes(workers, _init_xtb_worker, (threads,), calls, collect_batch)
-
-
-def _label_batch_xtb(items: list[tuple[int, Atoms]], settings: dict) -> list[LabelResult]:
-    return [_label_one_xtb(i, atoms, settings) for i, atoms in items]
+    return label_with(_label_one_xtb, frames, settings, description,
+                      Executor(workers=workers, progress=progress, threads=threads), on_result, chunk=chunk)

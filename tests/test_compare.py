@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
-from loops.compare import CompareConfig, ReplayOracle, candidates, eligible, run_compare
+from loops.compare import CompareConfig, run_compare
+from loops.oracles import ReplayOracle, bare
+from loops.strategies import candidates, eligible
 from loops.errors import RunMismatchError
 from loops.gap import GAPSettings
 from loops.report import aulc, label_efficiency, read_results, render_summary, t_interval
@@ -74,16 +76,23 @@ def test_label_efficiency_and_aulc_on_a_power_law():
 
 # -- the replay oracle ---------------------------------------------------------------------------------
 def test_replay_oracle_pool_is_bare_and_reveals_only_what_is_asked(pool_file):
+    from oed.io import structure_hash
+
     frames = read(pool_file, ":")
     oracle = ReplayOracle(frames)
-    for atoms in oracle.pool:
+    pool = [bare(a, i) for i, a in enumerate(frames)]
+    for atoms in pool:
         assert atoms.calc is None
         assert not any("energy" in k.lower() for k in atoms.info)
         assert set(atoms.arrays) == {"numbers", "positions"}
-    got = oracle.label([3, 7])
-    assert oracle.revealed_ == {3, 7}
-    assert got[3].info["REF_energy"] == pytest.approx(frames[3].get_potential_energy())
-    np.testing.assert_allclose(got[7].arrays["REF_forces"], frames[7].get_forces())
+    got = oracle.label([pool[3], pool[7]])
+    assert oracle.revealed_ == {structure_hash(pool[3]), structure_hash(pool[7])}
+    assert got[0].atoms.info["REF_energy"] == pytest.approx(frames[3].get_potential_energy())
+    np.testing.assert_allclose(got[1].atoms.arrays["REF_forces"], frames[7].get_forces())
+    moved = pool[5].copy()
+    moved.positions[0, 0] += 0.1
+    (miss,) = oracle.label([moved])  # not in the pool: a recorded failure, never a made-up label
+    assert not miss.ok and "not in the replayed pool" in miss.error
 
 
 def test_replay_oracle_refuses_an_unlabelled_pool(tmp_path):
@@ -268,10 +277,10 @@ def test_strategy_specs_name_their_feature_space():
     from loops.compare import parse_strategy
 
     s = parse_strategy("d-optimal@gap-kernel+forces")
-    assert (s.name, s.space, s.forces, s.model_driven) == ("d-optimal", "gap-kernel", True, False)
+    assert (s.name, s.space, s.forces, s.model) == ("d-optimal", "gap-kernel", True, None)
     s = parse_strategy("fps", select_with="soap", features="forces")
     assert (s.space, s.forces) == ("soap", True)
-    assert parse_strategy("d-optimal@mace").model_driven and parse_strategy("gap-variance").model_driven
+    assert parse_strategy("d-optimal@mace").model == "mace" and parse_strategy("gap-variance").model == "gap"
     with pytest.raises(InputError, match="unknown feature space"):
         parse_strategy("d-optimal@acsf")
     with pytest.raises(InputError, match="takes no feature space"):
@@ -279,7 +288,7 @@ def test_strategy_specs_name_their_feature_space():
 
 
 def test_test_limit_keeps_every_config_type():
-    from loops.compare import subsample
+    from loops.cells import subsample
     from ase import Atoms
 
     frames = [Atoms("H", info={"config_type": "a" if i < 90 else "b"}) for i in range(100)]
