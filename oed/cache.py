@@ -24,6 +24,7 @@ import numpy as np
 
 from oed.errors import InputError
 from oed.information import DesignBlocks
+from oed.io import atomic_open
 
 #: Environment variable naming the cache folder (default ``~/.cache/oed``).
 CACHE_ENV = "OED_CACHE_DIR"
@@ -133,16 +134,10 @@ def _load(path: Path, text: str) -> np.ndarray | DesignBlocks:
 
 
 def _save(path: Path, text: str, value: np.ndarray | DesignBlocks) -> None:
-    """Write the entry atomically: a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the entry atomically (:func:`oed.io.atomic_open`): readers never see half a file."""
     if isinstance(value, DesignBlocks):
         arrays = {"kind": np.array("blocks"), "rows": value.rows, "offsets": value.offsets}
     else:
         arrays = {"kind": np.array("array"), "array": value}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
-            np.savez(fh, key=np.array(text), **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+        np.savez(fh, key=np.array(text), **arrays)

@@ -4,19 +4,27 @@ oed reads extended XYZ through :func:`ase.io.read`. Reference labels are
 accepted under the conventional keys ``REF_energy`` / ``REF_forces`` (MACE,
 wfl) or the plain ``energy`` / ``forces`` that ASE turns into a single-point
 calculator. Nothing here needs labels: a pool of bare geometries is valid.
+
+Every file oed writes goes through :func:`atomic_open` (temporary file beside the
+target, fsync, :func:`os.replace`): a crash leaves the old file or the new one,
+never half of one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from ase import Atoms
 
-from oed.errors import PoolError
+from oed.errors import InputError, PoolError
 
 REF_ENERGY = "REF_energy"
 REF_FORCES = "REF_forces"
@@ -122,30 +130,100 @@ def pool_hash(frames: Sequence[Atoms]) -> str:
     return h.hexdigest()[:24]
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename).
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", *, encoding: str = "utf-8") -> Iterator[IO]:
+    """Open a file for writing that appears at ``path`` whole, or not at all.
 
-    A crash leaves either the old file or the new one, never half of one.
+    The data goes to a new temporary file in the same folder (a rename within one file
+    system is atomic; across file systems it is not), is flushed and ``fsync``-ed, and the
+    temporary file then replaces ``path`` with :func:`os.replace`. A crash or an exception
+    inside the ``with`` block leaves the old file (or none) and removes the temporary one.
+    Temporary names hold the process id, the thread id and a random token, and are created
+    exclusively, so concurrent writers (processes or threads) never share one: the last
+    :func:`os.replace` wins and the file is always one writer's complete version.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination; missing parent folders are created.
+    mode : {"w", "wb"}, default "w"
+        Text or binary.
+    encoding : str, default "utf-8"
+        Text mode only.
+
+    Yields
+    ------
+    file object
+        Open for writing; do not close it yourself.
+
+    Raises
+    ------
+    InputError
+        For another ``mode``.
+    OSError
+        When the folder cannot be created or written; ``path`` is then unchanged.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> with atomic_open(target) as fh:
+    ...     _ = fh.write("complete")
+    >>> target.read_text(), [p.name for p in target.parent.iterdir()]
+    ('complete', ['notes.txt'])
     """
+    if mode not in ("w", "wb"):
+        raise InputError(f"atomic_open writes text ('w') or bytes ('wb'), got mode {mode!r}")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    tmp = p.with_name(f".{p.name}.{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}.tmp")
+    # "x": exclusive creation, so a name clash fails instead of sharing a file
+    fh = open(tmp, "xb") if mode == "wb" else open(tmp, "x", encoding=encoding)
     try:
-        tmp.write_text(text)
+        with fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())  # the data is on disk before the name points to it
         os.replace(tmp, p)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_open`).
+
+    A crash leaves either the old file or the new one, never half of one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "summary.md"
+    >>> atomic_write_text(target, "# Summary")
+    >>> target.read_text()
+    '# Summary'
+    """
+    with atomic_open(path, "w", encoding=encoding) as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
 
 
 def write_structures(path: str | os.PathLike, frames: Sequence[Atoms]) -> None:
-    """Write configurations as extended XYZ, atomically (see :func:`atomic_write_text`)."""
-    from ase.io import write
+    """Write configurations as extended XYZ, atomically (see :func:`atomic_open`).
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        write(tmp, list(frames), format="extxyz")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+    Parameters
+    ----------
+    path : path-like
+        The ``.xyz`` file.
+    frames : sequence of ase.Atoms
+        Written in order; ``info``, ``arrays`` and single-point results as extxyz keeps them.
+    """
+    from ase.io import write  # lazy: ase.io pulls many format modules
+
+    with atomic_open(path, "w") as fh:
+        write(fh, list(frames), format="extxyz")

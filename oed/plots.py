@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from oed.io import atomic_open
 
 
 def save_figure(fig, path, *, dpi: int = 120) -> Path:
-    """Write a matplotlib figure atomically (temporary file, then rename) and close it.
+    """Write a matplotlib figure atomically and close it: the one figure writer of oed and loops.
 
-    A crash leaves the old file or the new one, never half a PNG. Returns the path.
+    The figure is rendered into a temporary file beside ``path`` that then replaces it
+    (:func:`oed.io.atomic_open`): a crash leaves the old file or the new one, never half
+    a PNG. The format comes from the suffix (PNG when there is none).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        Closed afterwards, also when writing fails.
+    path : path-like
+        Image to write; missing folders are created.
+    dpi : int, default 120
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        A suffix matplotlib cannot write (``path`` is then unchanged).
     """
     import matplotlib.pyplot as plt
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp{os.getpid()}{p.suffix or '.png'}")
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, p)
+        with atomic_open(p, "wb") as fh:
+            fig.savefig(fh, dpi=dpi, format=p.suffix[1:].lower() or "png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return p
 
 
