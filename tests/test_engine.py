@@ -112,6 +112,17 @@ def test_train_conditioning_with_blocks(blocks):
     assert sel.gains_[0] == pytest.approx(0.5 * (np.linalg.slogdet(after)[1] - np.linalg.slogdet(lam0)[1]))
 
 
+def _criterion(name, X, idx, reg):
+    """The criterion each selector maximises, by brute force (I-optimal: the pool is the target)."""
+    lam = reg * np.eye(X.shape[1]) + X[list(idx)].T @ X[list(idx)]
+    if name == "d-optimal":
+        return np.linalg.slogdet(lam)[1]
+    cov = np.linalg.inv(lam)
+    if name == "a-optimal":
+        return -np.trace(cov)
+    return -np.mean(np.einsum("ij,jk,ik->i", X, cov, X))
+
+
 @pytest.mark.parametrize("name, crit", [
     ("d-optimal", lambda s, X: s.log_det_),
     ("a-optimal", lambda s, X: -s.trace_),
@@ -119,13 +130,27 @@ def test_train_conditioning_with_blocks(blocks):
 ])
 def test_exchange_never_worsens_the_criterion(name, crit):
     rng = np.random.default_rng(11)
+    swapped = 0
     for trial in range(4):
         X = rng.normal(size=(80, 3)) @ rng.normal(size=(3, 10)) + 0.3 * rng.normal(size=(80, 10))
         g = make_selector(name, 8, reg=1.0, exchange=False).fit(X)
         e = make_selector(name, 8, reg=1.0, exchange=True).fit(X)
-        assert crit(e, X) >= crit(g, X) - 1e-9
-        assert np.all(np.diff(e.gains_) <= 1e-9) if name == "d-optimal" else True
-        assert len(set(e.selected_idx_)) == 8
+        design = list(e.selected_idx_)
+        assert len(set(design)) == 8
+        value = _criterion(name, X, design, 1.0)
+        assert crit(e, X) == pytest.approx(value, rel=1e-9)  # the reported criterion is that of the picks
+        assert value >= _criterion(name, X, g.selected_idx_, 1.0) - 1e-9 * abs(value)
+        # the gains of the (reordered) design telescope to its criterion; D-optimal reports half log det
+        half = 0.5 if name == "d-optimal" else 1.0
+        assert np.sum(e.gains_) == pytest.approx(half * (value - _criterion(name, X, [], 1.0)), rel=1e-8)
+        if name == "d-optimal":  # submodular: the greedy order of any design has non-increasing gains
+            assert np.all(np.diff(e.gains_) <= 1e-9)
+        # exchange ends at a local optimum: no single swap of a design point improves the criterion
+        best_swap = max(_criterion(name, X, design[:p] + [c] + design[p + 1:], 1.0)
+                        for p in range(len(design)) for c in range(len(X)) if c not in design)
+        assert best_swap <= value + 1e-9 * abs(value)
+        swapped += e.n_swaps_ > 0
+    assert swapped >= 1  # the local-optimum check saw at least one design that exchange changed
 
 
 def test_exchange_improves_a_greedy_design_somewhere():
@@ -135,8 +160,15 @@ def test_exchange_improves_a_greedy_design_somewhere():
         X = rng.normal(size=(200, 4)) @ rng.normal(size=(4, 20)) + 0.3 * rng.normal(size=(200, 20))
         g = GreedyDOptimal(15, reg=1.0, exchange=False).fit(X)
         e = GreedyDOptimal(15, reg=1.0).fit(X)
-        improved += e.log_det_ > g.log_det_ + 1e-9
-        assert e.n_swaps_ >= 0
+        assert g.n_swaps_ == 0
+        assert e.log_det_ == pytest.approx(_criterion("d-optimal", X, e.selected_idx_, 1.0), rel=1e-9)
+        changed = set(e.selected_idx_) != set(g.selected_idx_)
+        # a kept swap changes the design and raises log det; no swap leaves the greedy design as it was
+        assert (e.n_swaps_ > 0) == changed == (e.log_det_ > g.log_det_ + 1e-9)
+        assert len(set(e.selected_idx_) - set(g.selected_idx_)) <= e.n_swaps_
+        if not changed:
+            np.testing.assert_array_equal(e.selected_idx_, g.selected_idx_)
+        improved += changed
     assert improved >= 1
 
 
