@@ -1,23 +1,24 @@
 """From configurations to design rows, and from design rows to a ranking (label-free).
 
 :func:`design_features` is the one place where structures become the design
-blocks J(A) every criterion works on (DESIGN.md §1): the energy row
-φ(A)/(σ_E·N) and, with ``forces=True``, the 3N force rows −∂φ/∂r/σ_F, for
-either of two feature maps:
+blocks J(A) every criterion works on (Bartók et al., PRL 104, 136403 (2010);
+docs/design.md §1): the energy row φ(A)/(σ_E·N) and, with ``forces=True``, the
+3N force rows −∂φ/∂r/σ_F, for either of two feature maps:
 
 - ``"soap"``: summed SOAP, φ(A) = Σ_i q̂_i — cheap, the default for large pools;
 - ``"gap-kernel"``: the sparse GAP's own features φ(A) = Σ_i k(q̂_i, Q_M) —
-  the model's feature space, which DESIGN.md §2 found to matter.
+  the model's feature space, which the measurements of docs/design.md §2 found
+  to matter (Bartók & Csányi, IJQC 115, 1051 (2015)).
 
 Rows are divided by the expected errors, so the natural prior precision is
 λ = 1/δ² with δ (eV) the prior scale of an atomic energy: GAP's ``delta`` = 1 eV
-gives λ = 1, the default here. :func:`rank_pool` reads and writes nothing, so
-the command line and the active-learning loop share it.
+gives λ = 1, the default here (:data:`DEFAULT_REG`, the same object as
+:data:`oed.information.DEFAULT_PRIOR_PRECISION`). :func:`rank_pool` reads and
+writes nothing, so the command line and the active-learning loop share it.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -26,12 +27,13 @@ from ase import Atoms
 
 from oed.descriptors import make_descriptor, species_of
 from oed.errors import InputError
-from oed.information import DesignBlocks, log_det_information
+from oed.information import DEFAULT_PRIOR_PRECISION, DesignBlocks, log_det_information
 from oed.io import pool_hash, reference_energy
 from oed.selectors import make_selector
 
-#: Prior precision for noise-scaled rows: 1/δ² with δ = 1 eV (GAP's delta).
-DEFAULT_REG = 1.0
+#: Prior precision for noise-scaled rows: 1/δ² with δ = 1 eV (GAP's delta); the one default
+#: :data:`oed.information.DEFAULT_PRIOR_PRECISION` under its older name.
+DEFAULT_REG = DEFAULT_PRIOR_PRECISION
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,8 @@ def design_features(
         return fitted["map"]
 
     def blocks(frames):
-        kw = dict(forces=spec.forces, sigma_energy=spec.sigma_energy, sigma_force=spec.sigma_force,
-                  progress=progress)
+        kw = {"forces": spec.forces, "sigma_energy": spec.sigma_energy, "sigma_force": spec.sigma_force,
+              "progress": progress}
         if spec.kind == "soap":
             from oed.features import soap_design_blocks
 
@@ -190,7 +192,26 @@ def train_energies(train: Sequence[Atoms]) -> np.ndarray | None:
 
 def fit_selector(name: str, budget: int, X, *, X_train=None, X_target=None, y_train=None,
                  seed: int | None = 0, reg: float = DEFAULT_REG, **params):
-    """Build and fit the selector ``name``; passes target and labels only where used.
+    """Build (:func:`oed.selectors.make_selector`) and fit the selector ``name`` for ``budget`` picks.
+
+    Parameters
+    ----------
+    name : str
+        Registered strategy (``oed.selectors.available()``).
+    budget : int
+        Number of picks.
+    X, X_train, X_target : array (n, d) or DesignBlocks
+        Pool, labelled set (optional) and target set (optional; only for
+        strategies whose ``uses_target`` tag is True).
+    y_train : array (n_train,), optional
+        Training energies, eV; used by strategies whose ``uses_labels`` tag is
+        True (info-gain), ignored by the label-free ones.
+    seed, reg, **params
+        As :func:`oed.selectors.make_selector`; ``reg`` defaults to :data:`DEFAULT_REG`.
+
+    Returns
+    -------
+    The fitted selector (``selected_idx_``, ``gains_``, ``n_selected_``).
 
     Raises
     ------
@@ -198,15 +219,9 @@ def fit_selector(name: str, budget: int, X, *, X_train=None, X_target=None, y_tr
         Unknown strategy, or a target set for a strategy that cannot use one.
     """
     selector = make_selector(name, budget, seed=seed, reg=reg, **params)
-    accepted = inspect.signature(selector.fit).parameters
-    kwargs = {"X_train": X_train}
-    if X_target is not None:
-        if "X_target" not in accepted:
-            raise InputError(f"strategy {name!r} does not use a target set; use i-optimal or info-gain")
-        kwargs["X_target"] = X_target
-    if y_train is not None and "y_train" in accepted:
-        kwargs["y_train"] = y_train
-    return selector.fit(X, **kwargs)
+    if X_target is not None and not selector.uses_target:
+        raise InputError(f"strategy {name!r} does not use a target set; use i-optimal or info-gain")
+    return selector.fit(X, X_train=X_train, y_train=y_train, X_target=X_target)
 
 
 @dataclass(frozen=True)

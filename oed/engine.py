@@ -2,7 +2,7 @@
 
 State for candidates c with design blocks J_c (r_c × d; energy row and, with
 force information, 3N force rows) and the information matrix
-Λ = Λ₀ + Σ_{A∈S} J(A)ᵀ J(A), Σ = Λ⁻¹ (DESIGN.md §2):
+Λ = Λ₀ + Σ_{A∈S} J(A)ᵀ J(A), Σ = Λ⁻¹ (docs/design.md §2):
 
     S_c = J_c Σ J_cᵀ          (r × r)   → D-optimal gain  ½ log det(I + S_c)
     Z_c = J_c Σ L             (r × t)   → A-/I-optimal gain  tr((I + S_c)⁻¹ Z_c Z_cᵀ)
@@ -16,7 +16,8 @@ Adding (s = +1) or removing (s = −1) a block J_b is the block Woodbury update
 so a step costs O(n r r_b d) and never inverts a d × d matrix. Blocks are
 zero-padded to the largest r; zero rows add nothing to any criterion.
 Everything runs in float64 torch on ``device`` (a GPU when present), chunked
-over candidates.
+over candidates. This module is the maths only: the greedy and exchange loops
+that drive it live in :mod:`oed.selectors._greedy`.
 
 References: Sherman & Morrison, Ann. Math. Stat. 21, 124 (1950); Woodbury,
 "Inverting modified matrices" (1950); Atkinson, Donev & Tobias, "Optimum
@@ -252,95 +253,11 @@ class InformationState:
         return float(self.cov.shape[0] - (self.prior * self.cov).sum())
 
 
-def greedy(state: InformationState, n_select: int, score, *, exclude=None, order=None):
-    """Greedy selection with ``score(state) -> (n,)`` tensor (higher is better).
+def __getattr__(name: str):
+    # greedy() and exchange() moved to the selection driver (oed.selectors._greedy), which owns the
+    # loops; the old names stay importable from here for existing callers.
+    if name in ("greedy", "exchange"):
+        from oed.selectors import _greedy
 
-    Returns pool indices in pick order and the score of each pick when picked.
-    ``order`` scores a given pick order instead. ``exclude`` (bool mask) marks
-    candidates that may not be picked.
-    """
-    import torch
-
-    n = state.J.shape[0]
-    available = torch.ones(n, dtype=torch.bool, device=state.device)
-    if exclude is not None:
-        available &= ~torch.as_tensor(exclude, device=state.device)
-    picks, gains = [], []
-    for t in range(n_select):
-        s = score(state)
-        if order is None:
-            j = int(torch.argmax(torch.where(available, s, torch.tensor(-torch.inf, device=state.device))))
-        else:
-            j = int(order[t])
-        picks.append(j)
-        gains.append(float(s[j]))
-        available[j] = False
-        state.add(j)
-    return np.asarray(picks, dtype=int), np.asarray(gains)
-
-
-def exchange(state_factory, design: list[int], score, criterion, *, max_passes: int = 10):
-    """Fedorov exchange: swap design points for candidates while the criterion improves.
-
-    Parameters
-    ----------
-    state_factory : callable
-        Returns a fresh :class:`InformationState` holding the training set only.
-    design : list of int
-        Starting design (e.g. the greedy picks).
-    score : callable
-        ``score(state) -> (n,)`` gain of adding each candidate (higher is better).
-    criterion : callable
-        ``criterion(state) -> float`` to maximise (e.g. log det Λ, −tr Σ).
-
-    Each pass takes every design point s out in turn, scores all candidates
-    against the rest of the design and swaps s for the best one when it gains
-    more than s does (Fedorov 1972; Atkinson, Donev & Tobias ch. 12). A pass
-    is kept only if a freshly built state confirms that the criterion rose —
-    downdates lose digits — so the criterion never gets worse. Stops after a
-    pass without a (kept) swap.
-
-    Returns
-    -------
-    design : list of int
-    swaps : int
-        Swaps kept.
-    state : InformationState
-        A fresh state holding training set and final design.
-    """
-    import torch
-
-    def build(points):
-        st = state_factory()
-        for j in points:
-            st.add(int(j))
-        return st
-
-    design = list(design)
-    state = build(design)
-    best_value = criterion(state)
-    swaps = 0
-    n = state.J.shape[0]
-    for _ in range(max_passes):
-        trial, moved = list(design), 0
-        for pos in range(len(trial)):
-            s_out = trial[pos]
-            state.remove(s_out)
-            scores = score(state)
-            taken = torch.zeros(n, dtype=torch.bool, device=state.device)
-            taken[torch.as_tensor(trial, device=state.device)] = True
-            taken[s_out] = False
-            best = int(torch.argmax(torch.where(taken, torch.tensor(-torch.inf, device=state.device), scores)))
-            if best != s_out and float(scores[best]) > float(scores[s_out]):
-                trial[pos] = best
-                moved += 1
-            state.add(trial[pos])
-        if moved == 0:
-            break
-        fresh = build(trial)
-        value = criterion(fresh)
-        if value <= best_value:  # rounding proposed a swap that does not help: stop here
-            state = build(design)
-            break
-        design, state, best_value, swaps = trial, fresh, value, swaps + moved
-    return design, swaps, state
+        return getattr(_greedy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

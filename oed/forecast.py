@@ -4,9 +4,10 @@ For a linear-Gaussian model the posterior covariance after labelling a set S
 depends on the features alone, Σ(S) = (λI + Σ_{A∈S} J(A)ᵀJ(A))⁻¹, so the
 error a labelling budget buys can be forecast before any reference
 calculation (Barzdajn & Race, Modelling Simul. Mater. Sci. Eng. 33, 025011
-(2025)). For every strategy the pool is ranked once at the largest budget and
-the prefix of k picks is scored for each budget k: mean predictive variance
-over the target rows, effective dimension d − λ tr Σ and log det Λ.
+(2025); docs/design.md §3). For every strategy the pool is ranked once at the
+largest budget and the prefix of k picks is scored for each budget k: mean
+predictive variance over the target rows, effective dimension d − λ tr Σ and
+log det Λ.
 
 With labelled data (energies and forces of a training set), the noise scale c
 and prior scale s of the model y = Rα + ε, α ~ N(0, s²I), ε ~ N(0, c²I) (rows R
@@ -19,7 +20,6 @@ in meV/Å.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +27,7 @@ from scipy.optimize import minimize
 
 from oed.engine import InformationState
 from oed.errors import InputError
-from oed.information import DesignBlocks, as_blocks
+from oed.information import DEFAULT_PRIOR_PRECISION, DesignBlocks, as_blocks
 from oed.selectors import make_selector
 
 
@@ -122,7 +122,7 @@ def forecast(
     X_train=None,
     y_train=None,
     X_target=None,
-    reg: float = 1e-3,
+    reg: float = DEFAULT_PRIOR_PRECISION,
     seed: int | None = 0,
     target_variance: float | None = None,
     force_rows=None,
@@ -143,11 +143,12 @@ def forecast(
     X_train : array or DesignBlocks, optional
         Labelled already: every design is conditioned on it.
     y_train : ndarray, optional
-        Energies of the training configurations, passed to selectors that
-        fit hyperparameters on labels (``info-gain``).
+        Energies of the training configurations, used by selectors that fit
+        hyperparameters on labels (``uses_labels``: ``info-gain``).
     X_target : array (t, d) or DesignBlocks, optional
-        Rows whose mean predictive variance is forecast; default: all pool rows.
-    reg : float
+        Rows whose mean predictive variance is forecast; default: all pool
+        rows. Selectors that aim at a target (``uses_target``) also select for it.
+    reg : float, default :data:`~oed.information.DEFAULT_PRIOR_PRECISION` (1.0)
         Prior precision λ (use ``calibration.reg`` when calibrated).
     target_variance : float, optional
         Report the smallest budget whose forecast variance is at most this.
@@ -174,13 +175,9 @@ def forecast(
     out: dict[str, StrategyForecast] = {}
     for name in strategies:
         selector = make_selector(name, budgets[-1], seed=seed, reg=reg)
-        accepted = inspect.signature(selector.fit).parameters
-        kwargs = {"X_train": X_train}
-        if "X_target" in accepted:
-            kwargs["X_target"] = X_target
-        if "y_train" in accepted and y_train is not None:
-            kwargs["y_train"] = y_train
-        order = np.asarray(selector.fit(blocks, **kwargs).selected_idx_, dtype=int)
+        # the target is always scored; only selectors that aim at one are given it to select for
+        selector.fit(blocks, X_train=X_train, y_train=y_train, X_target=X_target if selector.uses_target else None)
+        order = np.asarray(selector.selected_idx_, dtype=int)
         out[name] = score_design(blocks, order, budgets, X_train=X_train, X_target=X_target, reg=reg,
                                  target_variance=target_variance, force_rows=force_rows, sigma_force=sigma_force,
                                  calibration=calibration, device=device)
@@ -194,7 +191,7 @@ def score_design(
     *,
     X_train=None,
     X_target=None,
-    reg: float = 1e-3,
+    reg: float = DEFAULT_PRIOR_PRECISION,
     target_variance: float | None = None,
     force_rows=None,
     sigma_force: float | None = None,
@@ -261,4 +258,4 @@ def _force_rmse(state, target, force_rows, cal: Calibration, sigma_force: float)
     return float(1000.0 * cal.noise_scale * sigma_force * torch.sqrt(var))
 
 
-__all__ = ["Calibration", "StrategyForecast", "calibrate", "forecast", "score_design", "DesignBlocks"]
+__all__ = ["Calibration", "DesignBlocks", "StrategyForecast", "calibrate", "forecast", "score_design"]

@@ -9,8 +9,8 @@ and the information gain of labelling x next is ½ log(1 + xᵀ Σ x) nats, the
 mutual information between its label and the parameters. Greedy maximisation
 of log det Λ is greedy maximisation of that gain; it is monotone submodular,
 so greedy is within (1 − 1/e) of the best design (Nemhauser, Wolsey & Fisher,
-Math. Program. 14, 265 (1978)). See DESIGN.md §2 and Atkinson, Donev & Tobias,
-"Optimum Experimental Designs, with SAS" (OUP 2007), ch. 9–11.
+Math. Program. 14, 265 (1978)). See docs/design.md §2 and Atkinson, Donev &
+Tobias, "Optimum Experimental Designs, with SAS" (OUP 2007), ch. 9–11.
 """
 
 from __future__ import annotations
@@ -21,14 +21,22 @@ import numpy as np
 
 from oed.errors import InputError
 
+#: Default prior precision λ (Λ₀ = λI) for design rows already divided by the label noise: λ = 1/δ²
+#: with δ = 1 eV the prior scale of an atomic energy (GAP's ``delta``; Bartók & Csányi, IJQC 115,
+#: 1051 (2015)). The one default of :func:`oed.design.rank_pool` (as ``oed.design.DEFAULT_REG``), of
+#: every selector's ``reg`` and of :func:`oed.forecast.forecast`; calibrate it on labels when they exist.
+DEFAULT_PRIOR_PRECISION = 1.0
+
+
 @dataclass(frozen=True)
 class DesignBlocks:
     """Rows of the design matrix grouped by configuration: the block J(A) of each.
 
     A configuration contributes one energy row φ(A)ᵀ/σ_E and, with force
-    information, 3N force rows −∂φ/∂r/σ_F (DESIGN.md §1). Blocks are stored
-    stacked; block ``i`` is ``rows[offsets[i]:offsets[i + 1]]`` and its first
-    row is always the energy row.
+    information, 3N force rows −∂φ/∂r/σ_F (Bartók et al., PRL 104, 136403
+    (2010); docs/design.md §1). Blocks are stored stacked; block ``i`` is
+    ``rows[offsets[i]:offsets[i + 1]]`` and its first row is always the
+    energy row.
 
     Attributes
     ----------
@@ -37,6 +45,20 @@ class DesignBlocks:
         divided by the noise σ).
     offsets : ndarray of int, shape (n_configs + 1,)
         Start of each block; ``offsets[0] == 0``, ``offsets[-1] == n_rows``.
+
+    Raises
+    ------
+    InputError
+        Rows that are not 2-D and finite, or offsets that do not cut them into blocks of >= 1 row.
+
+    Examples
+    --------
+    Two configurations of one atom each: an energy row and 3 force rows per block.
+
+    >>> import numpy as np
+    >>> blocks = DesignBlocks(np.arange(16.0).reshape(8, 2), np.array([0, 4, 8]))
+    >>> len(blocks), blocks.sizes.tolist(), blocks.energy_rows().tolist()
+    (2, [4, 4], [[0.0, 1.0], [8.0, 9.0]])
     """
 
     rows: np.ndarray

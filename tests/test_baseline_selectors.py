@@ -219,7 +219,7 @@ def test_info_gain_variance_matches_brute_force(with_train, pool):
 def test_info_gain_rank_one_equals_botorch_driver(acquisition, ethanol):
     X, y = ethanol
     train, pool, target = X[:8], X[8:30], X[30:]
-    params = dict(acquisition=acquisition, zeta=2)
+    params = {"acquisition": acquisition, "zeta": 2}
     kw = dict(X_train=train, y_train=y[:8], **({"X_target": target} if acquisition == "nipv" else {}))
     fast = build("info-gain", 5, **params).fit(pool, **kw)
     ref = build("info-gain", 5, method="botorch", **params).fit(pool, **kw)

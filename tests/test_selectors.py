@@ -7,10 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
+from oed.engine import InformationState
 from oed.errors import InputError, NotFittedError
-from oed.engine import InformationState, greedy
 from oed.information import log_det_information
 from oed.selectors import available, check_is_fitted, make_selector, selector_class
+from oed.selectors._greedy import greedy
 from oed.selectors.d_optimal import GreedyDOptimal
 from oed.selectors.random import RandomSelector
 
@@ -156,3 +157,37 @@ def test_budget_larger_than_pool_warns_and_truncates(pool):
 def test_bad_reg():
     with pytest.raises(InputError, match="reg"):
         GreedyDOptimal(2, reg=0).fit(np.ones((3, 2)))
+
+
+class _CountingHooks:
+    """Hooks with fixed scores that record what the driver asks of them."""
+
+    def __init__(self, scores):
+        import torch
+
+        self.scores = torch.as_tensor(scores, dtype=torch.float64)
+        self.n_candidates, self.device = len(scores), self.scores.device
+        self.calls = []
+
+    def start(self):
+        self.calls.append("start")
+
+    def score(self):
+        return self.scores
+
+    def update(self, j):
+        self.calls.append(j)
+
+
+def test_greedy_driver_hooks_first_order_exclude_and_ties():
+    from oed.selectors._greedy import greedy_select
+
+    hooks = _CountingHooks([1.0, 3.0, 3.0, 2.0, 0.5])
+    picks, gains = greedy_select(hooks, 3)
+    assert picks.tolist() == [1, 2, 3] and gains.tolist() == [3.0, 3.0, 2.0]  # ties to the lowest index
+    assert hooks.calls == ["start", 1, 2, 3]  # start once, update after every pick
+    hooks = _CountingHooks([1.0, 3.0, 3.0, 2.0, 0.5])
+    assert greedy_select(hooks, 2, first=4)[0].tolist() == [4, 1]
+    assert greedy_select(_CountingHooks([1.0, 3.0, 3.0, 2.0]), 2, order=[3, 0])[1].tolist() == [2.0, 1.0]
+    exclude = np.array([False, True, False, False, False])
+    assert greedy_select(_CountingHooks([1.0, 3.0, 3.0, 2.0, 0.5]), 2, exclude=exclude)[0].tolist() == [2, 3]

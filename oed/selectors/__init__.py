@@ -1,17 +1,26 @@
 """Selectors by name.
 
-A new selector is one module in this package plus one line in ``REGISTRY``
-("name": "module:Class"); modules are imported only when asked for, so heavy
-back-ends (gpytorch, botorch) cost nothing until used.
+A new selector is one module in this package (a subclass of
+:class:`~oed.selectors._base.SelectorBase`, with its tags) plus one line in
+``REGISTRY`` ("name": "module:Class"); modules are imported only when asked
+for, so heavy back-ends (gpytorch, botorch) cost nothing until used.
+
+Every selector is a scikit-learn estimator with one ``fit`` signature,
+``fit(X, *, X_train=None, y_train=None, X_target=None)``, and class-level tags
+that say what it uses, readable without an instance:
+
+>>> cls = selector_class("i-optimal")
+>>> cls.uses_target, cls.uses_labels, cls.uses_prior_precision, cls.gains_unit
+(True, False, True, 'variance reduction')
+>>> make_selector("random", 5, seed=0)
+RandomSelector(n_to_select=5, random_state=0)
 """
 
 from __future__ import annotations
 
-import inspect
-
 from oed.errors import InputError
 from oed.registry import lookup
-from oed.selectors._base import Selector, check_is_fitted
+from oed.selectors._base import Selector, SelectorBase, check_is_fitted
 
 REGISTRY: dict[str, str] = {
     "random": "oed.selectors.random:RandomSelector",
@@ -46,10 +55,12 @@ def make_selector(
 ) -> Selector:
     """Build the selector ``name`` for ``n_to_select`` picks.
 
-    The settings every strategy may share go only where they mean something:
-    ``seed`` becomes ``random_state`` for selectors that draw random numbers,
-    ``reg`` (prior precision) goes to selectors built on an information
-    matrix. Other ``params`` must be accepted by the selector's constructor.
+    The settings every strategy may share go only where they mean something
+    (the class tags say where): ``seed`` becomes ``random_state`` for
+    selectors that draw random numbers (``uses_random_state``), ``reg`` (prior
+    precision) goes to selectors built on an information matrix
+    (``uses_prior_precision``). Other ``params`` must be constructor parameters
+    of the selector.
 
     Raises
     ------
@@ -57,15 +68,14 @@ def make_selector(
         Unknown name or a parameter the selector does not take.
     """
     cls = selector_class(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    if "random_state" in accepted:
+    if cls.uses_random_state:
         params["random_state"] = seed
-    if reg is not None and "reg" in accepted:
+    if reg is not None and cls.uses_prior_precision:
         params["reg"] = reg
-    unknown = sorted(set(params) - set(accepted))
+    unknown = sorted(set(params) - set(cls._get_param_names()) - {"n_to_select"})
     if unknown:
         raise InputError(f"selector {name!r} does not take parameter(s): {', '.join(unknown)}")
     return cls(n_to_select, **params)
 
 
-__all__ = ["REGISTRY", "Selector", "available", "check_is_fitted", "make_selector", "selector_class"]
+__all__ = ["REGISTRY", "Selector", "SelectorBase", "available", "check_is_fitted", "make_selector", "selector_class"]

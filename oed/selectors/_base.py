@@ -1,17 +1,24 @@
-"""What every selector shares: the estimator contract and input checks.
+"""What every selector shares: the scikit-learn estimator contract, class-level tags and input checks.
 
-Selectors follow scikit-learn's estimator contract: ``__init__`` only stores
-keyword parameters, ``fit(X, *, X_train=None)`` validates, selects and sets
-``selected_idx_`` (pool rows in pick order), ``gains_`` and ``n_selected_``,
-then returns ``self``.
+Every selector is a :class:`SelectorBase`, i.e. a ``sklearn.base.BaseEstimator``:
+``__init__`` only stores its parameters (so ``sklearn.base.clone``,
+``get_params``/``set_params`` and ``repr`` work), and
+
+    fit(X, *, X_train=None, y_train=None, X_target=None) -> self
+
+validates, selects and sets ``selected_idx_`` (pool rows in pick order),
+``gains_`` (one value per pick, in the unit the class tag ``gains_unit`` names),
+``gains_unit_`` and ``n_selected_``. The tags say, without an instance, which
+inputs and settings a selector uses, so callers need not inspect signatures.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from oed.errors import InputError, NotFittedError
 from oed.information import DesignBlocks, as_blocks, check_features
@@ -25,28 +32,60 @@ class Selector(Protocol):
     gains_: np.ndarray
     n_selected_: int
 
-    def fit(self, X, *, X_train=None) -> "Selector": ...
+    def fit(self, X, *, X_train=None, y_train=None, X_target=None) -> Selector: ...
 
 
-class SelectorMixin:
-    """Shared validation and parameter access for selectors."""
+class SelectorBase(BaseEstimator):
+    """Base of every selector: scikit-learn's estimator contract plus what a selector uses.
 
-    def get_params(self) -> dict:
-        """Constructor parameters, as scikit-learn's ``get_params(deep=False)``."""
-        import inspect
+    Subclasses take ``n_to_select`` as their first (positional) parameter and
+    keyword-only settings after it, store them unchanged in ``__init__`` and
+    implement ``fit(X, *, X_train=None, y_train=None, X_target=None)``.
 
-        names = [
-            p for p in inspect.signature(type(self).__init__).parameters if p != "self"
-        ]
-        return {name: getattr(self, name) for name in names}
+    Tags (class attributes, readable on the class)
+    ----------------------------------------------
+    uses_target : bool
+        ``fit`` uses ``X_target`` (rows whose predictive variance should fall).
+        A selector without it raises :class:`~oed.errors.InputError` when given
+        one, rather than ignore it.
+    uses_labels : bool
+        ``fit`` uses ``y_train`` (energies of the training rows). Selectors
+        without it ignore ``y_train``: selection is label-free for them.
+    uses_random_state : bool
+        The constructor takes ``random_state``.
+    uses_prior_precision : bool
+        The constructor takes ``reg``, the prior precision λ of the
+        linear-Gaussian model (default
+        :data:`oed.information.DEFAULT_PRIOR_PRECISION`).
+    gains_unit : str
+        What ``gains_`` measures ("nats", "variance reduction", "feature
+        distance", "leverage", "cluster size").
+    """
 
-    def _validate(self, X, X_train, *, blocks: bool = False):
+    uses_target: ClassVar[bool] = False
+    uses_labels: ClassVar[bool] = False
+    uses_random_state: ClassVar[bool] = False
+    uses_prior_precision: ClassVar[bool] = False
+    gains_unit: ClassVar[str] = ""
+
+    def _validate(self, X, X_train, X_target=None, *, blocks: bool = False):
         """Check inputs; returns ``(X, X_train, k)``.
 
         ``X``/``X_train`` may be arrays (n, d) or :class:`DesignBlocks`. With
         ``blocks=False`` blocks become their energy rows (structure features);
-        with ``blocks=True`` both come back as DesignBlocks.
+        with ``blocks=True`` both come back as DesignBlocks. ``X_target`` is
+        only checked for being refused (``uses_target`` False); selectors that
+        use it validate it themselves.
+
+        Raises
+        ------
+        InputError
+            A target given to a selector that does not use one, bad shapes or
+            values, an empty pool or a ``n_to_select`` that is not a positive integer.
         """
+        if X_target is not None and not self.uses_target:
+            raise InputError(f"{type(self).__name__} does not use a target set (X_target); "
+                             "use i-optimal or info-gain")
         if blocks:
             X = as_blocks(X)
             if X_train is not None:
@@ -70,6 +109,13 @@ class SelectorMixin:
             )
             k = len(X)
         return X, X_train, int(k)
+
+    def _set_selection(self, picks, gains, unit: str | None = None) -> None:
+        """Store the fitted selection: ``selected_idx_``, ``gains_``, ``n_selected_``, ``gains_unit_``."""
+        self.selected_idx_ = picks
+        self.gains_ = gains
+        self.n_selected_ = len(picks)
+        self.gains_unit_ = self.gains_unit if unit is None else unit
 
 
 def check_is_fitted(selector) -> None:

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from oed.errors import InputError
-from oed.selectors._base import SelectorMixin
+from oed.selectors._base import SelectorBase
 
 
 def _recording_cur(**params):
@@ -58,7 +58,7 @@ def project_out_rows(X: np.ndarray, rows: np.ndarray, *, rtol: float = 1e-12) ->
     return X - (X @ Q) @ Q.T
 
 
-class CURSelector(SelectorMixin):
+class CURSelector(SelectorBase):
     """Greedy CUR sample selection by leverage (importance) scores.
 
     Each step computes the top ``n_components`` left singular vectors U of the
@@ -126,6 +126,8 @@ class CURSelector(SelectorMixin):
     [0, 1]
     """
 
+    gains_unit = "leverage"
+
     def __init__(self, n_to_select: int, *, recompute_every: int = 1, n_components: int = 1,
                  tolerance: float = 1e-12) -> None:
         self.n_to_select = n_to_select
@@ -146,7 +148,7 @@ class CURSelector(SelectorMixin):
         if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
             raise InputError(f"tolerance must be a non-negative number, got {tol!r}")
 
-    def fit(self, X, *, X_train=None) -> CURSelector:
+    def fit(self, X, *, X_train=None, y_train=None, X_target=None) -> CURSelector:
         """Select from the pool.
 
         Parameters
@@ -155,6 +157,10 @@ class CURSelector(SelectorMixin):
             Structure features (for DesignBlocks, the energy rows).
         X_train : array (n_train, n_features) or DesignBlocks, optional
             Already labelled structures; their span is projected out of the pool first.
+        y_train : ignored
+            Label-free.
+        X_target : None
+            Not used (``uses_target`` is False): passing one raises InputError.
 
         Returns
         -------
@@ -163,9 +169,9 @@ class CURSelector(SelectorMixin):
         Raises
         ------
         InputError
-            Bad shapes, non-finite values, an empty pool, bad parameters.
+            Bad shapes, non-finite values, an empty pool, bad parameters, an ``X_target``.
         """
-        X, X_train, k = self._validate(X, X_train)
+        X, X_train, k = self._validate(X, X_train, X_target)
         n, d = X.shape
         self._check_params(n, d)
         work = X if X_train is None else project_out_rows(X, X_train)
@@ -191,5 +197,5 @@ class CURSelector(SelectorMixin):
                               "directions and their order is arbitrary", stacklevel=2)
             picks = np.asarray(cur.selected_idx_, dtype=np.int64)
             gains = np.asarray(cur.pi_at_select_[: len(picks)], dtype=float)
-        self.selected_idx_, self.gains_, self.n_selected_ = picks, gains, len(picks)
+        self._set_selection(picks, gains)
         return self

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from oed.selectors._base import SelectorMixin
+from oed.information import DEFAULT_PRIOR_PRECISION
+from oed.selectors._base import SelectorBase
 from oed.selectors._greedy import check_reg, run_greedy
 
 
@@ -11,7 +12,7 @@ def log_det_gain(state):
     return state.log_det_gain()
 
 
-class GreedyDOptimal(SelectorMixin):
+class GreedyDOptimal(SelectorBase):
     """Greedy D-optimal design with Fedorov exchange.
 
     Each step picks the candidate whose design block J (energy row, plus 3N
@@ -19,16 +20,20 @@ class GreedyDOptimal(SelectorMixin):
     has the largest information gain ½ log det(I + J Σ Jᵀ) given the training
     set and earlier picks, then updates Σ by a block Woodbury update. For the
     linear-Gaussian model this is the expected information gain about the
-    parameters (DESIGN.md §2); log det is monotone submodular, so greedy is
-    within (1 − 1/e) of optimal. Exchange passes then swap design points for
+    parameters (Chaloner & Verdinelli, Stat. Sci. 10, 273 (1995);
+    docs/design.md §2); log det is monotone submodular, so greedy is within
+    (1 − 1/e) of optimal. Exchange passes then swap design points for
     candidates while log det improves (never worsens it), and the final design
-    is ordered greedily within itself. Deterministic: ties go to the lowest index.
+    is ordered greedily within itself. Deterministic: ties go to the lowest
+    index. The loop is oed's greedy driver
+    (:func:`oed.selectors._greedy.greedy_select`) on
+    :class:`oed.engine.InformationState`.
 
     Parameters
     ----------
     n_to_select : int
         Number of configurations to pick (truncated, with a warning, to the pool).
-    reg : float, default 1e-3
+    reg : float, default :data:`~oed.information.DEFAULT_PRIOR_PRECISION` (1.0)
         Prior precision λ, relative to unit label noise.
     exchange : bool, default True
         Run Fedorov exchange passes after greedy selection.
@@ -52,15 +57,27 @@ class GreedyDOptimal(SelectorMixin):
     ----------
     Fedorov, "Theory of Optimal Experiments" (Academic Press, 1972);
     Nemhauser, Wolsey & Fisher, Math. Program. 14, 265 (1978), doi:10.1007/BF01588971.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.5, 0.5]])
+    >>> sel = GreedyDOptimal(2, device="cpu").fit(X)
+    >>> sel.selected_idx_.tolist(), sel.gains_unit
+    ([0, 2], 'nats')
     """
 
-    def __init__(self, n_to_select: int, *, reg: float = 1e-3, exchange: bool = True, device: str = "auto") -> None:
+    uses_prior_precision = True
+    gains_unit = "nats"
+
+    def __init__(self, n_to_select: int, *, reg: float = DEFAULT_PRIOR_PRECISION, exchange: bool = True,
+                 device: str = "auto") -> None:
         self.n_to_select = n_to_select
         self.reg = reg
         self.exchange = exchange
         self.device = device
 
-    def fit(self, X, *, X_train=None) -> GreedyDOptimal:
+    def fit(self, X, *, X_train=None, y_train=None, X_target=None) -> GreedyDOptimal:
         """Select from the pool.
 
         Parameters
@@ -69,6 +86,10 @@ class GreedyDOptimal(SelectorMixin):
             Candidate features or design blocks.
         X_train : array (n_train, n_features) or DesignBlocks, optional
             Already labelled; the picks add information on top of them.
+        y_train : ignored
+            Label-free: the information matrix does not depend on the labels.
+        X_target : None
+            Not used (``uses_target`` is False): passing one raises InputError.
 
         Returns
         -------
@@ -77,15 +98,15 @@ class GreedyDOptimal(SelectorMixin):
         Raises
         ------
         InputError
-            Bad shapes, non-finite values, an empty pool, ``reg <= 0`` or a
-            non-positive ``n_to_select``.
+            Bad shapes, non-finite values, an empty pool, ``reg <= 0``, a
+            non-positive ``n_to_select`` or an ``X_target``.
         """
-        X, X_train, k = self._validate(X, X_train, blocks=True)
+        X, X_train, k = self._validate(X, X_train, X_target, blocks=True)
         reg = check_reg(self.reg)
         picks, gains, swaps, state = run_greedy(X, X_train, k, reg=reg, score=log_det_gain,
                                                 criterion=lambda st: st.log_det_information(), device=self.device,
                                                 do_exchange=bool(self.exchange))
-        self.selected_idx_, self.gains_, self.n_selected_ = picks, gains, k
+        self._set_selection(picks, gains)
         self.n_swaps_ = swaps
         self.log_det_ = state.log_det_information()
         return self

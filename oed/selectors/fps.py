@@ -8,7 +8,8 @@ import numpy as np
 
 from oed._torch import CHUNK, as_tensor, resolve_device
 from oed.errors import InputError
-from oed.selectors._base import SelectorMixin
+from oed.selectors._base import SelectorBase
+from oed.selectors._greedy import greedy_select
 
 
 def _squared_norms(X, chunk: int = CHUNK):
@@ -32,7 +33,34 @@ def _min_squared_distance_to(X, norms, Y, chunk: int = CHUNK):
     return out
 
 
-class FarthestPointSampling(SelectorMixin):
+class _FPSHooks:
+    """Greedy hooks of FPS: the state is the squared distance of every pool row to the selected set."""
+
+    def __init__(self, X, X_train) -> None:
+        self.X, self.X_train = X, X_train  # torch (n, d) and (m, d) or None, same device
+        self.n_candidates, self.device = len(X), X.device
+
+    def start(self) -> None:
+        import torch
+
+        self.norms = _squared_norms(self.X)
+        if self.X_train is None:  # nothing selected yet: every row infinitely far
+            self.d2 = torch.full((len(self.X),), torch.inf, dtype=self.X.dtype, device=self.device)
+        else:
+            self.d2 = _min_squared_distance_to(self.X, self.norms, self.X_train)
+
+    def score(self):
+        return self.d2
+
+    def update(self, j: int) -> None:
+        import torch
+
+        # same formula as skmatter: ‖x‖² + ‖x_j‖² − 2 x·x_j
+        new_d2 = self.norms + self.norms[j] - 2.0 * (self.X @ self.X[j])
+        torch.minimum(self.d2, new_d2, out=self.d2)
+
+
+class FarthestPointSampling(SelectorBase):
     """Greedy farthest-point sampling (FPS) in Euclidean feature space.
 
     Each step picks the pool row farthest from everything selected so far
@@ -44,7 +72,8 @@ class FarthestPointSampling(SelectorMixin):
     distance formula ‖x‖² + ‖y‖² − 2x·y, same argmax). It is oed's own torch
     implementation so that a pool of 1e5 × 2000 features runs on a GPU: the
     state is one distance per pool row; each step costs one chunked
-    matrix–vector product.
+    matrix–vector product. The loop is oed's greedy driver
+    (:func:`oed.selectors._greedy.greedy_select`).
 
     Parameters
     ----------
@@ -92,6 +121,9 @@ class FarthestPointSampling(SelectorMixin):
     [0, 2, 1]
     """
 
+    uses_random_state = True
+    gains_unit = "feature distance"
+
     def __init__(self, n_to_select: int, *, initialize=0, random_state=None, device: str = "auto") -> None:
         self.n_to_select = n_to_select
         self.initialize = initialize
@@ -108,7 +140,7 @@ class FarthestPointSampling(SelectorMixin):
             return int(init)
         raise InputError(f"initialize must be a pool index or 'random', got {init!r}")
 
-    def fit(self, X, *, X_train=None) -> FarthestPointSampling:
+    def fit(self, X, *, X_train=None, y_train=None, X_target=None) -> FarthestPointSampling:
         """Select from the pool.
 
         Parameters
@@ -117,6 +149,10 @@ class FarthestPointSampling(SelectorMixin):
             Structure features (for DesignBlocks, the energy rows).
         X_train : array (n_train, n_features) or DesignBlocks, optional
             Already labelled structures, treated as already selected.
+        y_train : ignored
+            Label-free: distances do not depend on labels.
+        X_target : None
+            Not used (``uses_target`` is False): passing one raises InputError.
 
         Returns
         -------
@@ -125,34 +161,14 @@ class FarthestPointSampling(SelectorMixin):
         Raises
         ------
         InputError
-            Bad shapes, non-finite values, an empty pool, a bad ``initialize``
-            or a non-positive ``n_to_select``.
+            Bad shapes, non-finite values, an empty pool, a bad ``initialize``,
+            a non-positive ``n_to_select`` or an ``X_target``.
         """
-        import torch
-
-        X, X_train, k = self._validate(X, X_train)
+        X, X_train, k = self._validate(X, X_train, X_target)
         dev = resolve_device(self.device)
         start = self._start(len(X)) if X_train is None or len(X_train) == 0 else None
-        Xt = as_tensor(X, dev)
-        norms = _squared_norms(Xt)
-        if start is None:
-            d2 = _min_squared_distance_to(Xt, norms, as_tensor(X_train, dev))
-        else:
-            d2 = torch.full((len(X),), torch.inf, dtype=Xt.dtype, device=dev)
-        taken = torch.zeros(len(X), dtype=torch.bool, device=dev)
-        picks, gains = np.empty(k, dtype=np.int64), np.empty(k)
-        for t in range(k):
-            if t == 0 and start is not None:
-                j = start
-            else:
-                j = int(torch.argmax(torch.where(taken, -torch.inf, d2)))
-            picks[t], gains[t] = j, float(d2[j])
-            taken[j] = True
-            # same formula as skmatter: ‖x‖² + ‖x_j‖² − 2 x·x_j
-            new_d2 = norms + norms[j] - 2.0 * (Xt @ Xt[j])
-            torch.minimum(d2, new_d2, out=d2)
-        self.selected_idx_ = picks
-        self.gains_ = np.sqrt(np.clip(gains, 0.0, None))
-        self.n_selected_ = k
-        self.hausdorff_ = np.sqrt(np.clip(d2.cpu().numpy(), 0.0, None))
+        hooks = _FPSHooks(as_tensor(X, dev), None if start is not None else as_tensor(X_train, dev))
+        picks, gains = greedy_select(hooks, k, first=start)
+        self._set_selection(picks, np.sqrt(np.clip(gains, 0.0, None)))
+        self.hausdorff_ = np.sqrt(np.clip(hooks.d2.cpu().numpy(), 0.0, None))
         return self

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from oed.selectors._base import SelectorMixin
+from oed.information import DEFAULT_PRIOR_PRECISION, as_blocks, check_features
+from oed.selectors._base import SelectorBase
 from oed.selectors._greedy import check_reg, run_greedy
-from oed.information import as_blocks, check_features
 
 
 def target_variance_reduction(state):
@@ -12,17 +12,18 @@ def target_variance_reduction(state):
     return state.variance_reduction()
 
 
-class GreedyIOptimal(SelectorMixin):
+class GreedyIOptimal(SelectorBase):
     """Greedy I-optimal (V-optimal) design: picks that most reduce the mean predictive
     variance (1/|T|) Σ_{t∈T} φ_tᵀ Σ φ_t over a target set T.
 
     This is the criterion that aims at a deployment domain different from the
-    pool (DESIGN.md §2). Without a target the pool itself is the target.
+    pool (docs/design.md §2). Without a target the pool itself is the target.
 
     Parameters
     ----------
     n_to_select : int
-    reg : float, default 1e-3
+    reg : float, default :data:`~oed.information.DEFAULT_PRIOR_PRECISION` (1.0)
+        Prior precision λ.
     exchange : bool, default False
     device : str, default "auto"
 
@@ -38,19 +39,26 @@ class GreedyIOptimal(SelectorMixin):
     Atkinson, Donev & Tobias (OUP 2007), §10.6; Krause, Singh & Guestrin, JMLR 9, 235 (2008).
     """
 
-    def __init__(self, n_to_select: int, *, reg: float = 1e-3, exchange: bool = False, device: str = "auto") -> None:
+    uses_target = True
+    uses_prior_precision = True
+    gains_unit = "variance reduction"
+
+    def __init__(self, n_to_select: int, *, reg: float = DEFAULT_PRIOR_PRECISION, exchange: bool = False,
+                 device: str = "auto") -> None:
         self.n_to_select = n_to_select
         self.reg = reg
         self.exchange = exchange
         self.device = device
 
-    def fit(self, X, *, X_train=None, X_target=None) -> GreedyIOptimal:
+    def fit(self, X, *, X_train=None, y_train=None, X_target=None) -> GreedyIOptimal:
         """Select from the pool.
 
         Parameters
         ----------
         X : array (n, d) or DesignBlocks
         X_train : array or DesignBlocks, optional
+        y_train : ignored
+            Label-free, as :meth:`GreedyDOptimal.fit`.
         X_target : array (t, d) or DesignBlocks, optional
             Rows whose predictive variance is minimised; default: all rows of X.
 
@@ -59,7 +67,7 @@ class GreedyIOptimal(SelectorMixin):
         InputError
             As :meth:`GreedyDOptimal.fit`, or a target with another feature count.
         """
-        X, X_train, k = self._validate(X, X_train, blocks=True)
+        X, X_train, k = self._validate(X, X_train, X_target, blocks=True)
         reg = check_reg(self.reg)
         blocks = as_blocks(X)
         target = blocks.rows if X_target is None else as_blocks(X_target).rows
@@ -68,6 +76,7 @@ class GreedyIOptimal(SelectorMixin):
                                                 criterion=lambda st: -st.mean_target_variance(),
                                                 track="target", target=target, device=self.device,
                                                 do_exchange=bool(self.exchange))
-        self.selected_idx_, self.gains_, self.n_selected_, self.n_swaps_ = picks, gains, k, swaps
+        self._set_selection(picks, gains)
+        self.n_swaps_ = swaps
         self.target_variance_ = state.mean_target_variance()
         return self

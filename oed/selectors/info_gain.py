@@ -4,7 +4,7 @@ The model is an exact GP with the SOAP-style kernel
 
     k(x, x') = s · (x̂ · x̂')^ζ,        x̂ = x / ‖x‖,
 
-and Gaussian label noise σ_n² (DESIGN.md §2; the normalised dot-product
+and Gaussian label noise σ_n² (docs/design.md §2; the normalised dot-product
 kernel of Bartók, Kondor & Csányi, PRB 87, 184115 (2013)). Its hyperparameters
 (s, σ_n²) are fitted on whatever labels exist by maximising the exact marginal
 likelihood, then the finite pool is ranked by BoTorch acquisitions. With
@@ -23,28 +23,22 @@ import torch
 from botorch.acquisition.acquisition import AcquisitionFunction
 from botorch.utils.transforms import t_batch_mode_transform
 
-from oed._torch import CHUNK, as_tensor, resolve_device
+from oed._torch import as_tensor, resolve_device
 from oed.errors import InputError
 from oed.information import DesignBlocks, check_features
-from oed.selectors._base import SelectorMixin
+from oed.selectors._base import SelectorBase
+from oed.selectors._gp_greedy import greedy_rank_one, unit_rows
 
-#: Smallest row norm used when normalising features (zero rows stay zero).
-_TINY = 1e-300
 #: gpytorch switches from Cholesky to iterative (CG/Lanczos) solves above 800
 #: points; an exact GP here always uses Cholesky.
 _MAX_CHOLESKY = 10**7
-
-
-def unit_rows(X):
-    """Rows scaled to unit Euclidean norm, ``(..., n, d)``; all-zero rows stay zero."""
-    return X / X.norm(dim=-1, keepdim=True).clamp_min(_TINY)
 
 
 class NormalizedDotProductKernel(gpytorch.kernels.Kernel):
     """Normalised dot-product kernel k(x, x') = (x̂ · x̂')^ζ, a gpytorch Kernel.
 
     The SOAP kernel of GAP (Bartók, Kondor & Csányi, PRB 87, 184115 (2013);
-    DESIGN.md §1–2) applied to structure features. Positive semi-definite for
+    docs/design.md §1–2) applied to structure features. Positive semi-definite for
     integer ζ ≥ 1 (Schur product theorem); k(x, x) = 1 for every non-zero x.
     Wrap it in :class:`gpytorch.kernels.ScaleKernel` for the signal variance.
 
@@ -139,83 +133,6 @@ def build_gp(train_x, train_y, *, zeta: int, noise: float, outputscale: float = 
     return model
 
 
-def greedy_rank_one(P, Tr, Q, k: int, *, outputscale: float, noise: float, zeta: int,
-                    acquisition: str, chunk: int = CHUNK):
-    """Greedy GP design with pending picks, by rank-one updates of the posterior covariance.
-
-    Same selections and values as ``optimize_acqf_discrete`` with
-    :class:`PosteriorInformationGain` ("variance") or BoTorch's
-    ``qNegIntegratedPosteriorVariance`` ("nipv"), computed from the posterior
-    covariance Σ given training rows and earlier picks: after picking j,
-    Σ ← Σ − Σ(:, j) Σ(j, :) / (Σ(j, j) + σ_n²).
-
-    Parameters
-    ----------
-    P : Tensor, shape (n, d)
-        Pool features (raw; normalised here).
-    Tr : Tensor, shape (m, d)
-        Training features (m may be 0).
-    Q : Tensor, shape (t, d) or None
-        Integration (target) points for "nipv".
-    k : int
-        Number of picks.
-    outputscale, noise : float
-        Signal variance s and noise variance σ_n² (same units).
-    zeta : int
-    acquisition : {"variance", "nipv"}
-
-    Returns
-    -------
-    picks : ndarray of int, shape (k,)
-    gains : ndarray, shape (k,)
-        "variance": ½ log(1 + σ²(x_j | earlier)/σ_n²), nats;
-        "nipv": decrease of the mean latent variance over Q (units of s).
-    """
-    P, Tr = unit_rows(P), unit_rows(Tr)
-    Q = None if Q is None else unit_rows(Q)
-    n, dev, dt = len(P), P.device, P.dtype
-
-    def kern(A, B):
-        return outputscale * (A @ B.T) ** zeta
-
-    def kern_chunked(A, B):  # (len(A), len(B)), chunked over B (the pool)
-        return torch.cat([kern(A, B[s : s + chunk]) for s in range(0, len(B), chunk)], dim=1)
-
-    var = outputscale * (P.norm(dim=1) > 0).to(dt)  # prior variance: s, or 0 for a zero row
-    if len(Tr):
-        K = kern(Tr, Tr) + noise * torch.eye(len(Tr), dtype=dt, device=dev)
-        L = torch.linalg.cholesky(K)
-        Wp = torch.linalg.solve_triangular(L, kern_chunked(Tr, P), upper=False)  # (m, n)
-        var = var - (Wp * Wp).sum(dim=0)
-    else:
-        Wp = torch.zeros(0, n, dtype=dt, device=dev)
-    if acquisition == "nipv":
-        S = kern_chunked(Q, P)  # Σ(Q, P), (t, n)
-        if len(Tr):
-            Wq = torch.linalg.solve_triangular(L, kern(Tr, Q), upper=False)
-            S -= Wq.T @ Wp
-    V = torch.zeros(k, n, dtype=dt, device=dev)
-    taken = torch.zeros(n, dtype=torch.bool, device=dev)
-    picks, gains = np.empty(k, dtype=np.int64), np.empty(k)
-    for t in range(k):
-        v_pos = var.clamp_min(0.0)
-        if acquisition == "variance":
-            score = 0.5 * torch.log1p(v_pos / noise)
-        else:
-            score = torch.linalg.vector_norm(S, dim=0).square() / len(S) / (v_pos + noise)
-        j = int(torch.argmax(torch.where(taken, -torch.inf, score)))
-        picks[t], gains[t] = j, float(score[j])
-        taken[j] = True
-        col = kern(P, P[j : j + 1]).reshape(-1) - Wp.T @ Wp[:, j] - V[:t].T @ V[:t, j]
-        denom = torch.sqrt(v_pos[j] + noise)
-        v = col / denom
-        V[t] = v
-        var = var - v * v
-        if acquisition == "nipv":
-            S.addr_(S[:, j] / denom, v, alpha=-1.0)  # in place: no (t, n) temporary
-    return picks, gains
-
-
 def _rows_to_indices(rows: np.ndarray, X: np.ndarray) -> np.ndarray:
     """Pool index of each returned row (exact match); duplicates take the lowest unused index."""
     where: dict[bytes, list[int]] = {}
@@ -230,18 +147,18 @@ def _rows_to_indices(rows: np.ndarray, X: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-class GPInformationGain(SelectorMixin):
+class GPInformationGain(SelectorBase):
     """Greedy batch by Bayesian information gain of a GP with learned hyperparameters.
 
     The model is a gpytorch exact GP (BoTorch ``SingleTaskGP``) on structure
     features with kernel s · (x̂·x̂')^ζ (:class:`NormalizedDotProductKernel`;
-    Bartók et al., PRB 87, 184115 (2013); DESIGN.md §2) and Gaussian noise
+    Bartók et al., PRB 87, 184115 (2013); docs/design.md §2) and Gaussian noise
     σ_n². Given energies ``y_train`` of the training structures (standardised
     here to zero mean and unit variance) and ``fit_hyperparameters``, s and
     σ_n² maximise the exact marginal log likelihood (BoTorch
     ``fit_gpytorch_mll``); otherwise s = 1 and σ_n² = ``noise``, and the
     design is oed's D-optimal ("variance") or I-optimal ("nipv") design in
-    the kernel's feature space (DESIGN.md §2).
+    the kernel's feature space (docs/design.md §2).
 
     The finite pool is then ranked greedily, each pick treated as pending
     (conditioned on with its label unknown) for the next:
@@ -301,6 +218,8 @@ class GPInformationGain(SelectorMixin):
         of each pick, nats (non-increasing). "nipv": decrease of the mean latent
         posterior variance over the target caused by each pick (units of the
         signal variance, standardised energies² when fitted).
+    gains_unit_ : str
+        "nats" ("variance", the class's ``gains_unit``) or "variance reduction" ("nipv").
     n_selected_ : int
     hyperparameters_ : dict
         ``outputscale`` (s), ``noise`` (σ_n²), both in standardised units;
@@ -333,6 +252,11 @@ class GPInformationGain(SelectorMixin):
     >>> len(set(sel.selected_idx_.tolist())), bool(np.all(np.diff(sel.gains_) <= 1e-12))
     (4, True)
     """
+
+    uses_target = True  # with acquisition="nipv"; "variance" refuses a target (InputError)
+    uses_labels = True
+    uses_random_state = True
+    gains_unit = "nats"  # acquisition="variance"; "nipv" reports a variance reduction (gains_unit_)
 
     def __init__(self, n_to_select: int, *, acquisition: str = "variance", zeta: int = 2,
                  fit_hyperparameters: bool = True, noise: float = 1e-3, n_mc_points: int | None = 1024,
@@ -415,7 +339,7 @@ class GPInformationGain(SelectorMixin):
         """
         from botorch.exceptions.warnings import InputDataWarning
 
-        X, X_train, k = self._validate(X, X_train)
+        X, X_train, k = self._validate(X, X_train, X_target)
         self._check_params()
         y = self._labels(X_train, y_train)
         target = self._target(X, X_target, X.shape[1])
@@ -438,7 +362,7 @@ class GPInformationGain(SelectorMixin):
                     acquisition=self.acquisition)
             else:
                 picks, gains = self._select_botorch(model, X, Xp, target, k, dev)
-        self.selected_idx_, self.gains_, self.n_selected_ = picks, gains, k
+        self._set_selection(picks, gains, "nats" if self.acquisition == "variance" else "variance reduction")
         self.hyperparameters_ = hp
         self.model_ = model
         return self

@@ -8,10 +8,10 @@ import warnings
 import numpy as np
 
 from oed.errors import InputError
-from oed.selectors._base import SelectorMixin
+from oed.selectors._base import SelectorBase
 
 
-class KMeansMedoids(SelectorMixin):
+class KMeansMedoids(SelectorBase):
     """Cluster the pool with k-means and pick, per cluster, the member nearest its centroid.
 
     A representativeness baseline: the picks spread over the pool in
@@ -86,6 +86,9 @@ class KMeansMedoids(SelectorMixin):
     ([1, 5], [4.0, 3.0])
     """
 
+    uses_random_state = True
+    gains_unit = "cluster size"
+
     def __init__(self, n_to_select: int, *, random_state=None, n_init="auto", max_iter: int = 300) -> None:
         self.n_to_select = n_to_select
         self.random_state = random_state
@@ -101,7 +104,7 @@ class KMeansMedoids(SelectorMixin):
         if isinstance(mi, bool) or not isinstance(mi, numbers.Integral) or mi < 1:
             raise InputError(f"max_iter must be a positive integer, got {mi!r}")
 
-    def fit(self, X, *, X_train=None) -> KMeansMedoids:
+    def fit(self, X, *, X_train=None, y_train=None, X_target=None) -> KMeansMedoids:
         """Select from the pool.
 
         Parameters
@@ -110,6 +113,10 @@ class KMeansMedoids(SelectorMixin):
             Structure features (for DesignBlocks, the energy rows).
         X_train : array (n_train, n_features) or DesignBlocks, optional
             Already labelled structures; picks come only from clusters free of them.
+        y_train : ignored
+            Label-free.
+        X_target : None
+            Not used (``uses_target`` is False): passing one raises InputError.
 
         Returns
         -------
@@ -118,12 +125,12 @@ class KMeansMedoids(SelectorMixin):
         Raises
         ------
         InputError
-            Bad shapes, non-finite values, an empty pool, bad parameters.
+            Bad shapes, non-finite values, an empty pool, bad parameters, an ``X_target``.
         """
         from sklearn.cluster import KMeans
         from sklearn.exceptions import ConvergenceWarning
 
-        X, X_train, k = self._validate(X, X_train)
+        X, X_train, k = self._validate(X, X_train, X_target)
         self._check_params()
         n = len(X)
         m = 0 if X_train is None else len(X_train)
@@ -160,9 +167,7 @@ class KMeansMedoids(SelectorMixin):
             picks += rest.tolist()
             gains += [0.0] * len(rest)
             chosen_centers += [np.full(X.shape[1], np.nan)] * len(rest)
-        self.selected_idx_ = np.asarray(picks, dtype=np.int64)
-        self.gains_ = np.asarray(gains, dtype=float)
-        self.n_selected_ = len(picks)
+        self._set_selection(np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=float))
         self.cluster_centers_ = np.asarray(chosen_centers).reshape(len(picks), X.shape[1])
         self.inertia_ = float(km.inertia_)
         return self

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from oed.selectors._base import SelectorMixin
+from oed.information import DEFAULT_PRIOR_PRECISION
+from oed.selectors._base import SelectorBase
 from oed.selectors._greedy import check_reg, run_greedy
 from oed.selectors.d_optimal import log_det_gain
 
 
-class RandomSelector(SelectorMixin):
+class RandomSelector(SelectorBase):
     """Pick ``n_to_select`` pool rows uniformly at random without replacement.
 
     ``gains_`` scores the random picks on the same scale as
@@ -23,7 +24,7 @@ class RandomSelector(SelectorMixin):
     n_to_select : int
     random_state : int or numpy.random.Generator, optional
         Seed; the same seed gives the same picks.
-    reg : float, default 1e-3
+    reg : float, default :data:`~oed.information.DEFAULT_PRIOR_PRECISION` (1.0)
         Prior precision used only to report ``gains_``.
 
     Attributes
@@ -33,16 +34,20 @@ class RandomSelector(SelectorMixin):
     n_selected_ : int
     """
 
-    def __init__(self, n_to_select: int, *, random_state=None, reg: float = 1e-3) -> None:
+    uses_random_state = True
+    uses_prior_precision = True
+    gains_unit = "nats"
+
+    def __init__(self, n_to_select: int, *, random_state=None, reg: float = DEFAULT_PRIOR_PRECISION) -> None:
         self.n_to_select = n_to_select
         self.random_state = random_state
         self.reg = reg
 
-    def fit(self, X, *, X_train=None) -> RandomSelector:
-        """Select from the pool; see :meth:`GreedyDOptimal.fit` for shapes and errors."""
-        X, X_train, k = self._validate(X, X_train, blocks=True)
+    def fit(self, X, *, X_train=None, y_train=None, X_target=None) -> RandomSelector:
+        """Select from the pool; see :meth:`GreedyDOptimal.fit` for shapes, errors and the ignored ``y_train``."""
+        X, X_train, k = self._validate(X, X_train, X_target, blocks=True)
         reg = check_reg(self.reg)
         order = np.random.default_rng(self.random_state).permutation(len(X))[:k]
         _, gains, _, _ = run_greedy(X, X_train, k, reg=reg, score=log_det_gain, order=order)
-        self.selected_idx_, self.gains_, self.n_selected_ = order, gains, k
+        self._set_selection(order, gains)
         return self
