@@ -6,9 +6,11 @@ functional groups from geometry.
   import of ``qm9pack`` itself, whose ``__init__`` needs the removed ``pkg_resources``).
 - :func:`normal_modes` / :func:`normal_mode_conformers`: ANI-1's normal-mode sampling (Smith,
   Isayev & Roitberg, Chem. Sci. 8, 3192 (2017)): relax, take the Hessian by finite differences
-  (:class:`ase.vibrations.Vibrations`), displace along the normal modes at random;
+  (:class:`ase.vibrations.Vibrations`), diagonalise it (:class:`ase.vibrations.VibrationsData`),
+  displace along the normal modes at random;
   :func:`xtb_normal_modes` does it at GFN2-xTB for many molecules in parallel, cached on disk.
-- :func:`functional_groups`: carbonyl, hydroxyl, ... detected from bond lengths alone.
+- :func:`functional_groups`: carbonyl, hydroxyl, ... detected from bond lengths alone (bonds from
+  :func:`ase.neighborlist.neighbor_list` with covalent-radius cut-offs).
 
 References
 ----------
@@ -31,13 +33,16 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from ase import Atoms
-from ase.data import atomic_masses, covalent_radii
-from ase.units import _amu, _c, _e, kB
+from ase import Atoms, units
 
 from loops.errors import SetupError
+from oed.io import atomic_open
+
+if TYPE_CHECKING:  # imported where used: ase.vibrations pulls in ase.io (~0.7 s)
+    from ase.vibrations import VibrationsData
 
 __all__ = [
     "NormalModes",
@@ -190,14 +195,18 @@ def qm9_molecules(
 
 # ---------------------------------------------------------------------- normal-mode sampling
 
-#: sqrt(eV / (Å² amu)) in cm⁻¹: converts the square root of a mass-weighted Hessian
-#: eigenvalue to a wavenumber.
-_EV_A2_AMU_TO_CM = float(np.sqrt(_e / _amu) / 1e-10 / (2 * np.pi * _c * 100))
+#: ħω in eV of a mass-weighted Hessian eigenvalue of 1 eV/(Å² amu) (the factor
+#: :class:`ase.vibrations.VibrationsData` applies): converts ħω back to the eigenvalue.
+_HBAR_OMEGA_EV = units._hbar * units.m / np.sqrt(units._e * units._amu)
 
 
 @dataclass(frozen=True)
 class NormalModes:
     """Harmonic vibrations of a molecule at a (relaxed) geometry.
+
+    The analysis itself is :class:`ase.vibrations.VibrationsData` (mass-weighted
+    diagonalisation with ASE's standard atomic masses); this class stores what it needs,
+    drops the rigid-body modes and samples conformers.
 
     Attributes
     ----------
@@ -212,21 +221,10 @@ class NormalModes:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``.npz`` atomically (numbers, positions, Hessian, ``info`` as JSON)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.npz")
         info = {k: v for k, v in self.atoms.info.items() if isinstance(v, (str, int, float, bool))}
-        try:
-            np.savez(
-                tmp,
-                numbers=self.atoms.numbers,
-                positions=self.atoms.positions,
-                hessian=self.hessian,
-                info=np.array(json.dumps(info)),
-            )
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, numbers=self.atoms.numbers, positions=self.atoms.positions, hessian=self.hessian,
+                     info=np.array(json.dumps(info)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NormalModes:
@@ -235,6 +233,25 @@ class NormalModes:
             atoms = Atoms(numbers=data["numbers"], positions=data["positions"])
             atoms.info.update(json.loads(str(data["info"])))
             return cls(atoms, np.array(data["hessian"], dtype=float))
+
+    def vibrations(self) -> VibrationsData:
+        """All 3 n_atoms harmonic modes, rigid-body ones included, as ASE computes them.
+
+        Masses are ASE's standard atomic masses (``ase.data.atomic_masses``), whatever
+        ``atoms`` carries, so that a saved and reloaded object gives the same modes.
+        """
+        from ase.vibrations import VibrationsData
+
+        bare = Atoms(numbers=self.atoms.numbers, positions=self.atoms.positions)
+        return VibrationsData.from_2d(bare, self.hessian, indices=range(len(bare)))
+
+    def _vibrational(self) -> tuple[np.ndarray, np.ndarray]:
+        """Signed ħω (eV, imaginary as negative) and Cartesian mode vectors, rigid-body modes removed."""
+        energies, cartesian = self.vibrations().get_energies_and_modes()
+        signed = energies.real - energies.imag  # ASE: sqrt of a negative eigenvalue is +i|ħω|
+        n_rigid = 5 if _is_linear(self.atoms) else 6
+        keep = np.sort(np.argsort(np.abs(signed))[n_rigid:])  # drop the near-zero rigid-body modes
+        return signed[keep], cartesian[keep]
 
     def modes(self) -> tuple[np.ndarray, np.ndarray]:
         """Vibrational eigenpairs of the mass-weighted Hessian, rigid-body modes removed.
@@ -247,18 +264,14 @@ class NormalModes:
         vectors : ndarray, shape (3 n_atoms, n_modes)
             Orthonormal in mass-weighted coordinates (Å amu^½).
         """
-        masses = np.repeat(atomic_masses[self.atoms.numbers], 3)
-        inv_sqrt_m = 1.0 / np.sqrt(masses)
-        mw = self.hessian * inv_sqrt_m[:, None] * inv_sqrt_m[None, :]
-        values, vectors = np.linalg.eigh(0.5 * (mw + mw.T))
-        n_rigid = 5 if _is_linear(self.atoms) else 6
-        keep = np.sort(np.argsort(np.abs(values))[n_rigid:])  # drop the near-zero rigid-body modes
-        return values[keep], vectors[:, keep]
+        signed, cartesian = self._vibrational()
+        sqrt_m = np.sqrt(Atoms(numbers=self.atoms.numbers).get_masses())  # the masses of vibrations()
+        vectors = (cartesian * sqrt_m[None, :, None]).reshape(len(signed), -1).T
+        return np.sign(signed) * (signed / _HBAR_OMEGA_EV) ** 2, vectors
 
     def frequencies_cm(self) -> np.ndarray:
         """Harmonic wavenumbers in cm⁻¹, ascending; imaginary ones as negative numbers."""
-        values, _ = self.modes()
-        return np.sign(values) * np.sqrt(np.abs(values)) * _EV_A2_AMU_TO_CM
+        return self._vibrational()[0] / units.invcm
 
     def sample(
         self,
@@ -302,18 +315,17 @@ class NormalModes:
             raise SetupError(f"n must be an integer >= 0, got {n!r}")
         if not (np.isfinite(temperature_K) and temperature_K > 0):
             raise SetupError(f"temperature_K must be a positive number, got {temperature_K!r}")
-        values, vectors = self.modes()
-        lam_min = (float(min_frequency_cm) / _EV_A2_AMU_TO_CM) ** 2
-        lam = np.maximum(np.abs(values), lam_min)
+        signed, cartesian = self._vibrational()
+        # mass-weighted eigenvalues in eV/(Å² amu); softer (and imaginary) modes as if min_frequency_cm
+        lam = (np.maximum(np.abs(signed), float(min_frequency_cm) * units.invcm) / _HBAR_OMEGA_EV) ** 2
         n_atoms = len(self.atoms)
-        inv_sqrt_m = 1.0 / np.sqrt(np.repeat(atomic_masses[self.atoms.numbers], 3))
         out = []
         for _ in range(int(n)):
             u = rng.random(len(lam))
             c = rng.random() * u / u.sum()
             signs = rng.choice((-1.0, 1.0), size=len(lam))
-            q = signs * np.sqrt(3.0 * c * n_atoms * kB * temperature_K / lam)
-            dx = (inv_sqrt_m * (vectors @ q)).reshape(n_atoms, 3)
+            q = signs * np.sqrt(3.0 * c * n_atoms * units.kB * temperature_K / lam)  # Å amu^½
+            dx = np.tensordot(q, cartesian, axes=1)  # ASE's modes are Cartesian per unit q: (n_atoms, 3)
             conf = self.atoms.copy()
             conf.positions = conf.positions + dx
             conf.info["nms_temperature_K"] = float(temperature_K)
@@ -417,12 +429,13 @@ def normal_mode_conformers(
     return modes.sample(n, temperature_K=temperature_K, rng=rng, min_frequency_cm=min_frequency_cm)
 
 
-def _xtb_modes_task(atoms: Atoms, method: str) -> NormalModes:
+def _xtb_modes_task(job: tuple[Atoms, str]) -> NormalModes:
     # Module level so that spawned worker processes can unpickle it.
     from tblite.ase import TBLite
 
     from loops.xtb import XTB_METHODS, omp_threads
 
+    atoms, method = job
     with omp_threads(1):
         return normal_modes(atoms, TBLite(method=XTB_METHODS[method], verbosity=0))
 
@@ -463,57 +476,34 @@ def xtb_normal_modes(
     SetupError
         Unknown method or bad ``workers``.
     """
-    from loops.labelers import _progress_bar
+    from loops.parallel import Executor
     from loops.xtb import _canonical_method
     from oed.io import structure_hash
 
     method = _canonical_method(method)
     molecules = list(molecules)
-    n_cpu = os.cpu_count() or 1
-    if workers is None:
-        workers = max(1, min(len(molecules), n_cpu))
-    elif not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
         raise SetupError(f"workers must be an integer >= 1, got {workers!r}")
     cache = Path(cache_dir) if cache_dir is not None else None
     paths = [cache / f"{method}_{structure_hash(a)}.npz" if cache else None for a in molecules]
     out: list[NormalModes | None] = [None] * len(molecules)
-    todo = []
     for i, (atoms, path) in enumerate(zip(molecules, paths)):
         if path is not None and path.is_file():
-            modes = NormalModes.load(path)
-            modes.atoms.info.update(atoms.info)
-            out[i] = modes
-        else:
-            todo.append(i)
+            out[i] = NormalModes.load(path)
+            out[i].atoms.info.update(atoms.info)
+    todo = [i for i, modes in enumerate(out) if modes is None]
 
-    def done(i: int, modes: NormalModes) -> None:
+    def done(k: int, modes: NormalModes) -> None:  # in this process, the moment a molecule is done
+        i = todo[k]
         modes.atoms.info.update(molecules[i].info)
         if paths[i] is not None:
             modes.save(paths[i])
         out[i] = modes
 
-    with _progress_bar(progress and bool(todo)) as bar:
-        task = bar.add_task(f"normal modes ({method})", total=len(todo))
-        if workers == 1 or len(todo) <= 1:
-            for i in todo:
-                done(i, _xtb_modes_task(molecules[i], method))
-                bar.advance(task)
-        elif todo:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            from loops.xtb import _init_xtb_worker
-
-            with ProcessPoolExecutor(
-                max_workers=min(workers, len(todo)),
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_xtb_worker,
-                initargs=(1,),
-            ) as executor:
-                futures = {executor.submit(_xtb_modes_task, molecules[i], method): i for i in todo}
-                for future in as_completed(futures):
-                    done(futures[future], future.result())
-                    bar.advance(task)
+    # one thread per process: a QM9-sized xTB calculation takes milliseconds
+    executor = Executor(workers=workers, progress=progress and bool(todo), threads=1)
+    executor.map(_xtb_modes_task, [(molecules[i], method) for i in todo],
+                 description=f"normal modes ({method})", on_result=done)
     return out  # type: ignore[return-value]
 
 
@@ -532,19 +522,12 @@ CC_TRIPLE_MAX = 1.25
 CN_SINGLE_MIN = 1.42
 
 
-def _bond_graph(atoms: Atoms) -> tuple[list[list[int]], np.ndarray]:
-    d = atoms.get_all_distances()
-    r = covalent_radii[atoms.numbers]
-    bonded = (d < BOND_FACTOR * (r[:, None] + r[None, :])) & ~np.eye(len(atoms), dtype=bool)
-    return [list(np.flatnonzero(row)) for row in bonded], d
-
-
 def functional_groups(atoms: Atoms) -> set[str]:
     """Functional groups of a molecule, detected from its geometry alone.
 
     Bonds: two atoms closer than :data:`BOND_FACTOR` (1.2) times the sum of their covalent
-    radii. Groups, with the bond-length thresholds that tell bond orders apart (use an
-    equilibrium or near-equilibrium geometry):
+    radii (:func:`ase.neighborlist.natural_cutoffs`; the cell is ignored). Groups, with the
+    bond-length thresholds that tell bond orders apart (use a near-equilibrium geometry):
 
     - ``"carbonyl"``: an O bonded only to one C, at < 1.30 Å (C=O; aldehydes, ketones,
       acids, esters, amides);
@@ -565,7 +548,12 @@ def functional_groups(atoms: Atoms) -> set[str]:
     set of str
         Names from the list above; empty for none (e.g. an alkane).
     """
-    nbrs, d = _bond_graph(atoms)
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    molecule = Atoms(numbers=atoms.numbers, positions=atoms.positions)  # no cell: images never bond
+    first, second, dist = neighbor_list("ijd", molecule, natural_cutoffs(molecule, mult=BOND_FACTOR))
+    nbrs = [second[first == i].tolist() for i in range(len(atoms))]
+    d = dict(zip(zip(first.tolist(), second.tolist()), dist.tolist()))  # bond lengths in Å
     sym = atoms.get_chemical_symbols()
     groups: set[str] = set()
     carbonyl_c: set[int] = set()

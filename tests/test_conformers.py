@@ -45,6 +45,57 @@ def test_normal_modes_count_and_frequencies(methanol_modes):
     assert freqs.min() > 150 and 2800 < freqs.max() < 4000
 
 
+def test_modes_equal_a_direct_diagonalisation_of_the_mass_weighted_hessian(methanol_modes):
+    # brute force, independent of ASE: eigh of M^-1/2 H M^-1/2, the 6 smallest |eigenvalues| dropped
+    from ase.data import atomic_masses
+
+    w = 1.0 / np.sqrt(np.repeat(atomic_masses[methanol_modes.atoms.numbers], 3))
+    ref_values, ref_vectors = np.linalg.eigh(methanol_modes.hessian * w[:, None] * w[None, :])
+    keep = np.sort(np.argsort(np.abs(ref_values))[6:])
+    values, vectors = methanol_modes.modes()
+    np.testing.assert_allclose(values, ref_values[keep], rtol=1e-9)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(len(values)), atol=1e-10)
+    # methanol's modes are non-degenerate: each vector is the reference one up to its sign
+    np.testing.assert_allclose(np.abs(np.sum(vectors * ref_vectors[:, keep], axis=0)), 1.0, atol=1e-8)
+    # 1 eV/(Å² amu) is 521.47 cm⁻¹ squared (sqrt(e/amu) / (2π c) per Å)
+    np.testing.assert_allclose(methanol_modes.frequencies_cm(), np.sqrt(values) * 521.4709, rtol=1e-5)
+
+
+def test_harmonic_energy_is_the_cartesian_quadratic_form(methanol_modes):
+    # no mode is below min_frequency_cm, so each conformer's harmonic energy is ½ dxᵀ H dx exactly
+    assert methanol_modes.frequencies_cm().min() > 100
+    for conf in methanol_modes.sample(5, temperature_K=800, rng=np.random.default_rng(4)):
+        dx = (conf.positions - methanol_modes.atoms.positions).ravel()
+        assert 0.5 * dx @ methanol_modes.hessian @ dx == pytest.approx(conf.info["nms_harmonic_energy"], rel=1e-8)
+        # rigid-body modes are not sampled: the centre of mass stays put (to the 1e-5 Å that a
+        # finite-difference Hessian mixes translation into the vibrations)
+        shift = conf.get_center_of_mass() - methanol_modes.atoms.get_center_of_mass()
+        assert np.abs(shift).max() < 1e-4
+
+
+def test_imaginary_mode_is_negative_and_displaced_as_the_softest_allowed(methanol_modes):
+    values, vectors = methanol_modes.modes()
+    u = vectors[:, 0] * np.sqrt(np.repeat(methanol_modes.atoms.get_masses(), 3))  # Cartesian form of mode 0
+    hessian = methanol_modes.hessian - 2.0 * values[0] * np.outer(u, u)  # flips the sign of that eigenvalue
+    saddle = NormalModes(methanol_modes.atoms, hessian)
+    freqs = saddle.frequencies_cm()
+    assert freqs[0] == pytest.approx(-methanol_modes.frequencies_cm()[0], rel=1e-8)
+    assert np.all(freqs[1:] > 0)
+    confs = saddle.sample(50, temperature_K=300, rng=np.random.default_rng(0))
+    assert all(np.all(np.isfinite(c.positions)) for c in confs)
+    assert max(np.abs(c.positions - saddle.atoms.positions).max() for c in confs) < 1.0  # Å: no torn bonds
+
+
+def test_linear_molecule_has_3n_minus_5_modes():
+    from loops.xtb import omp_threads
+
+    with omp_threads(1):
+        modes = normal_modes(molecule("CO2"), _calc())
+    freqs = modes.frequencies_cm()
+    assert freqs.shape == (4,)
+    assert freqs.min() > 300  # the rotations were dropped, not a bend
+
+
 def test_right_count_info_kept_and_atoms_untouched():
     atoms = molecule("H2O")
     atoms.info["qm9_index"] = 3
@@ -150,6 +201,13 @@ def test_xtb_normal_modes_caches_and_keeps_order(tmp_path):
 )
 def test_functional_groups_of_hand_built_molecules(name, expected):
     assert functional_groups(molecule(name)) == expected
+
+
+def test_functional_groups_ignore_the_cell():
+    atoms = molecule("CH3CONH2")
+    atoms.cell = [4.0, 4.0, 4.0]  # images closer than a bond length would otherwise bond
+    atoms.pbc = True
+    assert functional_groups(atoms) == {"carbonyl", "amide"}
 
 
 def test_stretched_carbonyl_is_not_a_carbonyl():
