@@ -1,4 +1,4 @@
-# Two entry points for a fresh clone: `make demo` and `make test`.
+# Two entry points for a fresh clone: `make demo` and `make test` (`make test-fast` skips the slow tests).
 # Both create .venv on first use; re-running is fast because the install is
 # stamped and only redone when pyproject.toml changes.
 PYTHON ?= python3
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.oed-installed
 # Pinned first: an unpinned torch pulls several GB of CUDA wheels.
 TORCH := torch==2.13.0
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-fast setup clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# While editing: everything but the `integration` tests (under 3 minutes on 2 cores).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
 
 clean:
 	rm -rf $(VENV) demo_run .oed_cache
