@@ -37,7 +37,7 @@ from loops.strategies import Features, RoundContext
 from oed.errors import InputError
 from oed.io import atomic_write_text
 
-__all__ = ["Campaign", "ModelRef", "headline", "test_sets"]
+__all__ = ["Campaign", "ModelRef", "headline", "test_sets", "train_on_design"]
 
 Log = Callable[[str], None]
 
@@ -241,6 +241,28 @@ class Campaign:
             records.append(run_cell(task, fitted=fitted))
             self.log(f"{self.label}, seed {self.seed}, k={budget}: " + headline(records[-1]))
         return records
+
+
+def train_on_design(train: Sequence, *, out: Path, label: str, seed: int, model: ModelRef,
+                    e0s: dict, tests: dict, test_limit: int | None = None, keep_models: bool = False) -> dict:
+    """Fit and score a model on a training set chosen by hand: a one-round campaign.
+
+    ``train`` holds labelled configurations (REF_energy eV, REF_forces eV/Å); they are replayed
+    as the oracle and picked in order by a :class:`~loops.strategies.FixedStrategy`, so a design
+    built outside the selectors (molecules × conformers, a held-out composition) is fitted, scored
+    and recorded as every other cell (``out/cells/<label>/seed<seed>/k<n>.json``), and a rerun
+    reads the finished cell instead of refitting. Returns the cell record.
+    """
+    from loops.oracles import ReplayOracle, bare
+    from loops.strategies import FixedStrategy
+
+    pool = [bare(a, i) for i, a in enumerate(train)]
+    order = tuple(range(len(pool)))
+    campaign = Campaign(out=Path(out), label=label, seed=seed, allowed=np.array(order, dtype=int),
+                        strategy=FixedStrategy(label, order), book=LabelBook(ReplayOracle(train), None, pool),
+                        model=model, e0s=e0s, tests=tests, schedule=(len(pool),), features=Features(pool),
+                        ahead=True, test_limit=test_limit, keep_models=keep_models)
+    return campaign.run()[0]
 
 
 def test_sets(paths: Sequence[Path], limit: int | None, species: Sequence[str]) -> dict[str, str]:

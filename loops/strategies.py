@@ -29,7 +29,7 @@ from oed.information import DesignBlocks
 from oed.io import reference_energy
 from oed.selectors import selector_class
 
-__all__ = ["Features", "ModelSpaceStrategy", "RandomStrategy", "RoundContext", "SelectorStrategy",
+__all__ = ["Features", "FixedStrategy", "ModelSpaceStrategy", "RandomStrategy", "RoundContext", "SelectorStrategy",
            "StrategySpec", "VarianceStrategy", "candidates", "eligible", "make_strategy", "parse_strategy"]
 
 #: Feature spaces a strategy may name after "@": space -> (feature map, force rows).
@@ -217,6 +217,23 @@ class RandomStrategy:
     def select(self, k: int, cand: np.ndarray, labelled: Sequence[int], ctx: RoundContext) -> list[int]:
         order = np.random.default_rng(ctx.seed).permutation(len(cand))[:k]
         return [int(i) for i in np.asarray(cand)[order]]
+
+
+@dataclass(frozen=True)
+class FixedStrategy:
+    """A design given in advance (pool indices in order): the first ``k`` not yet picked.
+
+    For experiments whose training sets are built by hand (tutorials 4 and 5: molecules ×
+    conformers, held-out compositions), so they run through the same campaign engine.
+    """
+
+    label: str
+    order: tuple[int, ...]
+    model: str | None = None
+
+    def select(self, k: int, cand: np.ndarray, labelled: Sequence[int], ctx: RoundContext) -> list[int]:
+        allowed = set(int(i) for i in cand)
+        return [i for i in self.order if i in allowed][:k]
 
 
 @dataclass(frozen=True)

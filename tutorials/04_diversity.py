@@ -23,13 +23,13 @@ Run::
 
 Outputs in ``--out`` (default ``tutorials/outputs/04_diversity/``): ``results.csv`` (tidy),
 ``summary.md`` (built from results.csv alone by :func:`render_summary`), ``errors.png``.
-Generated data (normal modes, labelled conformers, GAP fits) goes to ``OUT/work/``; finished
-steps are cached there, so a rerun after an interruption resumes.
+Generated data (normal modes, labelled conformers, GAP fits) goes to ``OUT/work/``; each design
+is fitted and scored as a one-round campaign (:func:`loops.campaign.train_on_design`) whose
+finished cell is kept there, so a rerun after an interruption resumes.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -187,10 +187,10 @@ def run(cfg: Config, out: Path, workers: int | None) -> Path:
         TimeElapsedColumn,
     )
 
-    from loops.evaluate import evaluate
-    from loops.gap import GAPModel, GAPSettings
+    from loops.campaign import ModelRef, train_on_design
+    from loops.gap import GAPSettings
     from loops.xtb import isolated_atom_energies_xtb
-    from oed.io import atomic_write_text
+    from oed.io import atomic_write_text, write_structures
 
     console = Console()
     work = out / "work"
@@ -200,6 +200,7 @@ def run(cfg: Config, out: Path, workers: int | None) -> Path:
     t0 = time.perf_counter()
     console.print(f"[bold]Tutorial 4[/]: {len(cfg.designs)} designs × {len(cfg.seeds)} seeds → {out}")
     per_seed, unseen = labelled_sets(cfg, work, workers)
+    unseen_file = work / "labels_unseen.xyz"
     console.print(f"  data ready in {time.perf_counter() - t0:.0f} s ({len(unseen)} unseen-molecule conformers)")
     e0s = isolated_atom_energies_xtb(["H", "C", "O"])
 
@@ -212,21 +213,16 @@ def run(cfg: Config, out: Path, workers: int | None) -> Path:
         for seed, m, c in jobs:
             name = design_name(m, c)
             bar.update(task, description=f"GAP {name} seed {seed}")
-            cache = work / "metrics" / f"{name}_seed{seed}.json"
-            if cache.is_file():
-                record = json.loads(cache.read_text())
-            else:
-                train, seen_test = split_design(per_seed[seed], m, c, cfg.seen_test_total)
-                settings = GAPSettings(**cfg.gap, rnd_seed=seed + 1)
-                model = GAPModel(settings).fit(train, e0s=e0s, workdir=work / "gap" / f"{name}_seed{seed}")
-                record = {
-                    "budget": len(train),
-                    "tests": {
-                        "seen_molecules": {"n": len(seen_test), **evaluate(model, seen_test)},
-                        "unseen_molecules": {"n": len(unseen), **evaluate(model, unseen)},
-                    },
-                }
-                atomic_write_text(cache, json.dumps(record, indent=1))
+            train, seen_test = split_design(per_seed[seed], m, c, cfg.seen_test_total)
+            seen_file = work / "tests" / f"seen_{name}_seed{seed}.xyz"
+            if not seen_file.is_file():
+                write_structures(seen_file, seen_test)
+            # one campaign round on a hand-built design (loops.campaign): fitted, scored, cached
+            cell = train_on_design(train, out=work, label=name, seed=seed, e0s=e0s,
+                                   model=ModelRef("gap", GAPSettings(**cfg.gap), seed=seed),
+                                   tests={"seen_molecules": seen_file, "unseen_molecules": unseen_file})
+            record = {"budget": cell["n_labelled"],
+                      "tests": {t: {"n": e["n_configs"], **e} for t, e in cell["errors"].items()}}
             for test_set, metrics in record["tests"].items():
                 for metric in METRICS:
                     rows.append({

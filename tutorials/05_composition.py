@@ -28,7 +28,6 @@ data goes to ``OUT/work/`` and is cached there, so a rerun resumes.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -142,9 +141,9 @@ SMOKE = replace(
 # ------------------------------------------------------------------------- (a) data
 
 
-def eth_meth_data(cfg: Config):
-    """Training pool, test sets by molecule and E0s of experiment (a)."""
-    from oed.io import read_structures
+def eth_meth_data(cfg: Config, work: Path):
+    """Training pool, test files by molecule (written to ``work``) and E0s of experiment (a)."""
+    from oed.io import read_structures, write_structures
 
     pool = read_structures(DATA / "train_eth_meth.xyz", what="ethanol/methanol training set")
     test = read_structures(DATA / "test_eth_meth.xyz", what="ethanol/methanol test set")
@@ -157,7 +156,8 @@ def eth_meth_data(cfg: Config):
             rng = np.random.default_rng([cfg.pool_seed, k])
             keep = np.sort(rng.choice(len(frames), n, replace=False))
             frames = [frames[i] for i in keep]
-        tests[name] = frames
+        tests[name] = work / f"test_{name}.xyz"
+        write_structures(tests[name], frames)
     return pool, tests, e0s
 
 
@@ -208,7 +208,7 @@ def carbonyl_data(cfg: Config, work: Path, workers: int | None):
                 rng = np.random.default_rng([cfg.pool_seed, m.atoms.info["qm9_index"], 2])
                 frames += m.sample(cfg.test_conformers, temperature_K=cfg.temperature_K, rng=rng)
             write_structures(path, label_xtb(frames, workers, f"{name} test conformers"))
-        tests[name] = read_structures(path)
+        tests[name] = path
 
     per_seed = {}
     for seed in cfg.seeds:
@@ -254,8 +254,8 @@ def run(cfg: Config, out: Path, workers: int | None) -> Path:
         TimeElapsedColumn,
     )
 
-    from loops.evaluate import evaluate
-    from loops.gap import GAPModel, GAPSettings
+    from loops.campaign import ModelRef, train_on_design
+    from loops.gap import GAPSettings
     from loops.xtb import isolated_atom_energies_xtb
     from oed.io import atomic_write_text
 
@@ -267,7 +267,7 @@ def run(cfg: Config, out: Path, workers: int | None) -> Path:
                                                for name, gap in (("eth_meth", cfg.gap_eth_meth), ("qm9", cfg.gap_qm9))})
     t0 = time.perf_counter()
     console.print(f"[bold]Tutorial 5[/]: compositional generalisation, {len(cfg.seeds)} seed(s) → {out}")
-    eth_pool, eth_tests, eth_e0s = eth_meth_data(cfg)
+    eth_pool, eth_tests, eth_e0s = eth_meth_data(cfg, work)
     qm9_train, qm9_tests = carbonyl_data(cfg, work, workers)
     qm9_e0s = isolated_atom_energies_xtb(["H", "C", "O"])
     console.print(f"  data ready in {time.perf_counter() - t0:.0f} s")
@@ -285,26 +285,17 @@ def run(cfg: Config, out: Path, workers: int | None) -> Path:
         task = bar.add_task("GAP fits", total=len(jobs))
         for experiment, strategy, seed in jobs:
             bar.update(task, description=f"GAP {experiment} {strategy} seed {seed}")
-            cache = work / "metrics" / f"{experiment}_{strategy}_seed{seed}.json"
-            if cache.is_file():
-                record = json.loads(cache.read_text())
+            if experiment == "eth_meth":
+                train = eth_meth_train(eth_pool, strategy, cfg.n_train_eth_meth, seed)
+                tests, e0s, gap = eth_tests, eth_e0s, cfg.gap_eth_meth
             else:
-                if experiment == "eth_meth":
-                    train = eth_meth_train(eth_pool, strategy, cfg.n_train_eth_meth, seed)
-                    tests, e0s, gap = eth_tests, eth_e0s, cfg.gap_eth_meth
-                else:
-                    train = carbonyl_train(qm9_train[seed], strategy, cfg.n_train_molecules, seed)
-                    tests, e0s, gap = qm9_tests, qm9_e0s, cfg.gap_qm9
-                model = GAPModel(GAPSettings(**gap, rnd_seed=seed + 1)).fit(
-                    train, e0s=e0s, workdir=work / "gap" / f"{experiment}_{strategy}_seed{seed}"
-                )
-                record = {
-                    "budget": len(train),
-                    "tests": {
-                        name: {"n": len(frames), **evaluate(model, frames)} for name, frames in tests.items()
-                    },
-                }
-                atomic_write_text(cache, json.dumps(record, indent=1))
+                train = carbonyl_train(qm9_train[seed], strategy, cfg.n_train_molecules, seed)
+                tests, e0s, gap = qm9_tests, qm9_e0s, cfg.gap_qm9
+            # one campaign round on a hand-built design (loops.campaign): fitted, scored, cached
+            cell = train_on_design(train, out=work / experiment, label=strategy, seed=seed, e0s=e0s,
+                                   model=ModelRef("gap", GAPSettings(**gap), seed=seed), tests=tests)
+            record = {"budget": cell["n_labelled"],
+                      "tests": {t: {"n": e["n_configs"], **e} for t, e in cell["errors"].items()}}
             for test_set, metrics in record["tests"].items():
                 for metric in METRICS:
                     rows.append({
