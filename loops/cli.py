@@ -32,9 +32,6 @@ app.add_typer(loop_app, name="loop")
 out = Console()
 err = Console(stderr=True)
 
-#: Bundled data of a source checkout (see data/README.md).
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-
 
 def _clean_errors(fn):
     """Turn oed's own errors into one message and exit code 2 (no traceback)."""
@@ -421,6 +418,18 @@ def loop_run(
     _run_loop(config, scheduler)
 
 
+def _bundled(name: str) -> Path:
+    """Absolute path of a bundled data file (package ``oed_data``, found with importlib.resources)."""
+    try:
+        import oed_data
+    except ImportError:
+        from oed.errors import InputError
+
+        raise InputError("the bundled data (package oed_data) is not installed: reinstall oed "
+                         "(pip install . or pip install -e .)") from None
+    return oed_data.path(name)
+
+
 @app.command()
 @_clean_errors
 def demo(
@@ -433,22 +442,46 @@ def demo(
     recomputed with PySCF). Initial design of 20, then 4 rounds of 20
     picked with the information matrix conditioned on the labels so far; GAP refitted each round; errors on 200 configurations of test_MD (in
     distribution) and on the normal-mode and H-removal sets (out of distribution).
+    The files are the installed bundled data (`oed data` lists them), so the demo runs from any directory.
     """
     from loops.loop import LoopConfig
-    from oed.errors import InputError
 
-    eth = DATA_DIR / "ethanol"
-    if not (eth / "train.xyz").exists():
-        raise InputError(f"bundled data not found under {DATA_DIR}: run the demo from a source checkout")
-    tests = (
-        eth / "test_MD.xyz",
-        DATA_DIR / "ethanol_pyscf" / "test_norm_mode_874.xyz",
-        DATA_DIR / "ethanol_pyscf" / "test_norm_mode_3005.xyz",
-        eth / "test_H_removal.xyz",
-    )
-    config = LoopConfig(pool=eth / "train.xyz", tests=tests, out=out_dir, n_init=20, batch_size=20,
+    tests = tuple(_bundled(name) for name in (
+        "ethanol/test_MD.xyz",
+        "ethanol_pyscf/test_norm_mode_874.xyz",
+        "ethanol_pyscf/test_norm_mode_3005.xyz",
+        "ethanol/test_H_removal.xyz",
+    ))
+    config = LoopConfig(pool=_bundled("ethanol/train.xyz"), tests=tests, out=out_dir, n_init=20, batch_size=20,
                         n_rounds=4, strategy=strategy, method="pbe/def2-svp", seed=0, test_limit=200)
     _run_loop(config)
+
+
+@app.command("data")
+@_clean_errors
+def data_(
+    name: Annotated[Optional[str], typer.Argument(
+        metavar="NAME", help="A bundled file or folder (ethanol/train.xyz, ethanol): print only its absolute path.")] = None,
+) -> None:
+    """List the bundled data (real configurations with published DFT labels), or print one file's path.
+
+    Without NAME: every bundled file, what it is, and its absolute path in this installation.
+    With NAME: only the absolute path, to use in other commands, e.g.
+
+    oed rank "$(oed data ethanol/train.xyz)" --budget 10 --json
+
+    Sources, citations and licence (MIT, BOTNet datasets of Kovács et al.): oed data README.md.
+    """
+    # Plain echo, not rich: a console would wrap a long path at 80 columns when piped.
+    if name is not None:
+        typer.echo(str(_bundled(name)))
+        return
+    typer.echo(f"Bundled data in {_bundled('.')}: energies in eV, forces in eV/Å.\n")
+    import oed_data  # installed: _bundled checked it
+
+    for rel, what in oed_data.CONTENTS.items():
+        typer.echo(f"{rel}: {what}\n    {_bundled(rel)}")
+    typer.echo('\nOne path only: oed data NAME, e.g. oed rank "$(oed data ethanol/train.xyz)" --budget 10')
 
 
 def _csv_list(text: str, what: str, cast=str) -> tuple:

@@ -3,7 +3,7 @@
 
 Pool: the 1000 rMD17 ethanol configurations of ``data/ethanol/train.xyz`` (PBE/def2-SVP). The
 pool's own labels are the oracle, revealed only for what a strategy picks (the replay oracle of
-:mod:`loops.compare`; PySCF reproduces them to 0.2 meV/Å, DESIGN.md §4). Each seed draws 80 % of
+:mod:`loops.compare`; PySCF reproduces them to 0.2 meV/Å, docs/design.md §6). Each seed draws 80 % of
 the pool as its candidates, shared by all strategies, so the comparison is paired. A GAP
 (``loops.gap.GAPSettings()``) is fitted on the first k picks, k = 25, 50, 100, 200, and scored on
 

@@ -2,7 +2,7 @@
 """Tutorial 2 — does the offline forecast (`oed plan`) predict the measured learning curves?
 
 `oed plan` forecasts, before any DFT, how a design's posterior variance falls with the budget
-(Barzdajn & Race, MSMSE 33, 025011, 2025; DESIGN.md §2). Here the forecast is put against
+(Barzdajn & Race, MSMSE 33, 025011, 2025; docs/design.md §3). Here the forecast is put against
 measurement: the one-shot designs of tutorial 1 (same strategies, seeds and candidates, so the
 same picks) are scored label-free, and the forecasts are compared with the GAP errors tutorial 1
 measured on test_MD.
