@@ -248,32 +248,51 @@ def plan(
         out.print(f"plot written to {plot}")
 
 
+OracleOpt = Annotated[Optional[str], typer.Option(
+    "--oracle", help="Where labels come from: pyscf:xc/basis, xtb:gfn2-xtb, or any ASE calculator as "
+    "'ase:MODULE:CLASS' with optional JSON keyword arguments, e.g. "
+    "'ase:ase.calculators.lj:LennardJones:{\"sigma\":1.0}'. Default: pyscf at --method.")]
+
+
+def _oracle(spec: Optional[str], method: str, workers: Optional[int], client=None, **pyscf_settings):
+    """The oracle of a command: ``spec`` if given, else PySCF at ``method`` with its settings."""
+    from loops.oracles import PySCFOracle, make_oracle, parse_oracle
+    from loops.parallel import Executor
+
+    executor = Executor(workers=_parse_workers(workers), client=client)
+    if spec is None or parse_oracle(spec)[0] == "pyscf":
+        level = method if spec is None else parse_oracle(spec)[1][0]
+        return PySCFOracle(level, executor=executor, **pyscf_settings)
+    return make_oracle(spec, executor=executor)
+
+
 @app.command()
 @_clean_errors
 def label(
     inp: Annotated[Path, typer.Argument(metavar="IN.xyz", help="Configurations to label (extxyz).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Labelled extxyz to write.")],
-    method: Annotated[str, typer.Option(help="Level of theory, xc/basis.")] = "pbe/def2-svp",
+    method: Annotated[str, typer.Option(help="Level of theory, xc/basis (PySCF).")] = "pbe/def2-svp",
+    oracle: OracleOpt = None,
     workers: Annotated[Optional[int], typer.Option(help="Parallel processes (default: one per core).")] = None,
-    charge: Annotated[int, typer.Option(help="Total charge.")] = 0,
-    spin: Annotated[Optional[int], typer.Option(help="2S (default: 0 or 1 by electron count).")] = None,
-    density_fit: Annotated[bool, typer.Option("--density-fit/--no-density-fit", help="Density fitting.")] = True,
+    charge: Annotated[int, typer.Option(help="Total charge (PySCF).")] = 0,
+    spin: Annotated[Optional[int], typer.Option(help="2S (PySCF; default: 0 or 1 by electron count).")] = None,
+    density_fit: Annotated[bool, typer.Option("--density-fit/--no-density-fit", help="Density fitting (PySCF).")] = True,
 ) -> None:
-    """Label configurations with PySCF: writes REF_energy (eV) and REF_forces (eV/Å).
+    """Label configurations: writes REF_energy (eV) and REF_forces (eV/Å).
 
-    The output keeps the input order and info keys. A configuration whose SCF
-    does not converge gets no label: the command reports it and exits 1.
+    PySCF at --method by default, or any --oracle (xTB, any ASE calculator). The output keeps
+    the input order and info keys. A configuration whose calculation fails (an SCF that does
+    not converge) gets no label: the command reports it and exits 1.
     """
-    from loops.labelers import label_many
     from oed.io import read_structures, write_structures
 
     frames = read_structures(inp, what="input file")
+    source = _oracle(oracle, method, workers, charge=charge, spin=spin, density_fit=density_fit)
     t0 = time.perf_counter()
-    results = label_many(frames, method=method, workers=_parse_workers(workers), charge=charge,
-                         spin=spin, density_fit=density_fit, progress=True)
+    results = source.label(frames)
     failed = [r for r in results if not r.ok]
     write_structures(output, [r.atoms for r in results if r.ok])
-    err.print(f"labelled {len(results) - len(failed)} of {len(frames)} configurations at {method} "
+    err.print(f"labelled {len(results) - len(failed)} of {len(frames)} configurations with {source.name} "
               f"in {time.perf_counter() - t0:.1f} s → {output}")
     for r in failed:
         err.print(f"[red]configuration {r.index}: {r.error}[/]")
@@ -376,15 +395,12 @@ def _log(message: str) -> None:
 def _run_loop(config, scheduler: Optional[str] = None) -> list[dict]:
     from loops.loop import run_loop
 
-    t0 = time.perf_counter()
-    if scheduler:
-        from distributed import Client
+    from loops.parallel import dask_client
 
-        with Client(scheduler) as client:
-            results = run_loop(config, log=_log, client=client)
-    else:
-        results = run_loop(config, log=_log)
-    out.print(_results_table(results, f"{config.strategy} @ {config.method}: errors per round"))
+    t0 = time.perf_counter()
+    with dask_client(scheduler) as client:
+        results = run_loop(config, log=_log, client=client)
+    out.print(_results_table(results, f"{config.strategy} @ {config.oracle_spec}: errors per round"))
     out.print(f"results: {Path(config.out) / 'results.json'}", soft_wrap=True)
     out.print(f"learning curve: {Path(config.out) / 'learning_curve.png'}", soft_wrap=True)
     out.print(f"wall time: {time.perf_counter() - t0:.0f} s")
@@ -402,19 +418,27 @@ def loop_run(
     rounds: Annotated[int, typer.Option(help="Rounds after the initial design.")] = 3,
     strategy: Annotated[str, typer.Option(help="Selection strategy for the rounds.")] = "d-optimal",
     init_strategy: Annotated[Optional[str], typer.Option(help="Strategy of the initial design (default: --strategy).")] = None,
-    method: Annotated[str, typer.Option(help="Level of theory, xc/basis.")] = "pbe/def2-svp",
+    method: Annotated[str, typer.Option(help="Level of theory, xc/basis (PySCF, the default oracle).")] = "pbe/def2-svp",
+    oracle: Annotated[Optional[str], typer.Option(help="Labels from: pyscf:xc/basis, xtb:gfn2-xtb, 'ase:MODULE:CLASS[:JSON]', or pool (replay the pool's labels). Default: pyscf at --method.")] = None,
+    model: Annotated[str, typer.Option(help="Model fitted each round: gap or mace.")] = "gap",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[Optional[int], typer.Option(help="Labelling processes (default: one per core).")] = None,
-    e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz); default: computed at --method.")] = None,
+    e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz); default: computed by the oracle.")] = None,
     test_limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N configurations per test file.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: label on a Dask cluster.")] = None,
 ) -> None:
-    """Run or resume an active-learning loop with PySCF labels and a GAP model."""
+    """Run or resume an active-learning loop: select → label → fit → score, round after round.
+
+    Labels come from PySCF at --method unless --oracle names another source; each is
+    committed to DIR/labels.db the moment it exists, so rerunning the same command resumes
+    (nothing is labelled twice) and a larger --rounds extends the run.
+    """
     from loops.loop import LoopConfig
 
     config = LoopConfig(pool=pool, tests=tuple(test), out=out_dir, n_init=init, batch_size=batch,
                         n_rounds=rounds, strategy=strategy, init_strategy=init_strategy, method=method,
-                        seed=seed, workers=_parse_workers(workers), e0s_file=e0s, test_limit=test_limit)
+                        oracle=oracle, model=model, seed=seed, workers=_parse_workers(workers), e0s_file=e0s,
+                        test_limit=test_limit)
     _run_loop(config, scheduler)
 
 
@@ -509,7 +533,7 @@ def compare(
     select_with: Annotated[str, typer.Option(help="Selection feature space: soap, gap-kernel, or mace (sequential).")] = "soap",
     features: Annotated[str, typer.Option(help="Information rows: energy, or energy + 3N forces.")] = "energy",
     mode: Annotated[str, typer.Option(help="oneshot (rank once) or sequential (rounds with refits).")] = "oneshot",
-    oracle: Annotated[str, typer.Option(help="pool (replay the pool's labels), pyscf:xc/basis or xtb:gfn2-xtb (live).")] = "pool",
+    oracle: Annotated[str, typer.Option(help="pool (replay the pool's labels), or live: pyscf:xc/basis, xtb:gfn2-xtb, 'ase:MODULE:CLASS[:JSON]'.")] = "pool",
     pool_fraction: Annotated[float, typer.Option(help="Fraction of the pool each seed draws as candidates (shared by all strategies).")] = 0.8,
     target: Annotated[Optional[Path], typer.Option(help="Target configurations for i-optimal / info-gain (default: the candidates).")] = None,
     e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz of single atoms).")] = None,
@@ -532,14 +556,11 @@ def compare(
         features=features, mode=mode, oracle=oracle, pool_fraction=pool_fraction, target=target, e0s_file=e0s,
         test_limit=test_limit, workers=_parse_workers(workers), keep_models=keep_models,
     )
-    t0 = time.perf_counter()
-    if scheduler:
-        from distributed import Client
+    from loops.parallel import dask_client
 
-        with Client(scheduler) as client:
-            run_compare(config, log=_log, client=client)
-    else:
-        run_compare(config, log=_log)
+    t0 = time.perf_counter()
+    with dask_client(scheduler) as client:
+        run_compare(config, log=_log, client=client)
     from rich.markdown import Markdown
 
     out.print(Markdown((Path(out_dir) / "summary.md").read_text()))

@@ -45,7 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _shared, also when imported by path
 from _shared import ROOT, parse_args  # noqa: E402
 
-from loops.compare import candidates, eligible, select  # noqa: E402
+from loops.strategies import candidates, eligible, select  # noqa: E402
 from loops.report import curves, read_results, write_results  # noqa: E402
 from oed.design import FeatureSpec, design_features, design_labels  # noqa: E402
 from oed.forecast import calibrate, score_design  # noqa: E402
@@ -72,7 +72,7 @@ def tutorial1():
 
 def _picks(config, strategy, seed: int, features: dict) -> list[int]:
     """Tutorial 1's picks for (strategy, seed): read from its run directory, else recomputed."""
-    from loops.compare import parse_strategy
+    from loops.strategies import parse_strategy
 
     path = Path(config.out) / "selections" / strategy / f"seed{seed}.json"
     kmax = max(config.budgets)
@@ -93,7 +93,7 @@ _POOLS: dict = {}
 
 def _bare_pool(config):
     """The pool exactly as tutorial 1's selectors saw it (bare copies, same feature cache keys)."""
-    from loops.compare import bare
+    from loops.oracles import bare
 
     key = str(config.pool)
     if key not in _POOLS:
@@ -103,7 +103,7 @@ def _bare_pool(config):
 
 def forecast_rows(config, measured: list[dict]) -> list[dict]:
     """Forecast rows for every one-shot (strategy, seed) of tutorial 1 that has measurements."""
-    from loops.compare import load_test
+    from loops.cells import load_test
 
     pool = _bare_pool(config)
     labelled = read_structures(config.pool, what="pool")

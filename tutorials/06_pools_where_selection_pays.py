@@ -42,7 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _shared, also when imported by path
 from _shared import DATA, ROOT, parse_args, run_comparisons  # noqa: E402
 
-from loops.compare import CompareConfig, subsample  # noqa: E402
+from loops.cells import subsample  # noqa: E402
+from loops.compare import CompareConfig  # noqa: E402
 from loops.gap import GAPSettings  # noqa: E402
 from loops.report import (  # noqa: E402
     curves,
