@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# While editing: everything but the `integration` tests (under 3 minutes on 2 cores).
+# While editing: everything but the `integration` tests.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
 
