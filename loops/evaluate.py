@@ -8,7 +8,7 @@ literature (rMD17 tables report force MAE in meV/Å). A test file that carries e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
@@ -16,17 +16,11 @@ from ase import Atoms
 from oed.errors import InputError
 from oed.io import reference_energy, reference_forces
 
+if TYPE_CHECKING:
+    from loops.models import Model
+
 #: eV → meV.
 _MEV = 1000.0
-
-
-@runtime_checkable
-class Potential(Protocol):
-    """Anything that predicts energies (eV) and forces (eV/Å) of configurations."""
-
-    def predict(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Energies ``(n_frames,)`` in eV and a list of ``(n_atoms_i, 3)`` forces in eV/Å."""
-        ...
 
 
 def _stack_forces(forces: Sequence[np.ndarray] | np.ndarray, what: str) -> np.ndarray:
@@ -114,7 +108,7 @@ def error_metrics(
     return out
 
 
-def evaluate(model: Potential, frames: Sequence[Atoms]) -> dict[str, float | int]:
+def evaluate(model: Model, frames: Sequence[Atoms]) -> dict[str, float | int]:
     """Errors of ``model`` on labelled configurations (see :func:`error_metrics` for the keys).
 
     Energies are compared on the configurations that carry a reference energy, forces on those
@@ -123,8 +117,9 @@ def evaluate(model: Potential, frames: Sequence[Atoms]) -> dict[str, float | int
 
     Parameters
     ----------
-    model : Potential
-        Has ``predict(frames) -> (energies (n,) eV, list of (n_atoms_i, 3) forces eV/Å)``.
+    model : loops.models.Model
+        Only its ``predict(frames) -> (energies (n,) eV, list of (n_atoms_i, 3) forces eV/Å)``
+        is used, so anything with that method will do.
     frames : sequence of ase.Atoms
 
     Returns
@@ -142,13 +137,14 @@ def evaluate(model: Potential, frames: Sequence[Atoms]) -> dict[str, float | int
 
 
 def evaluate_groups(
-    model: Potential, frames: Sequence[Atoms], *, by: str | None = "config_type"
+    model: Model, frames: Sequence[Atoms], *, by: str | None = "config_type"
 ) -> dict[str | None, dict[str, float | int]]:
     """Errors on the whole set and on each group of it, from one call of ``model.predict``.
 
     Parameters
     ----------
-    model : Potential
+    model : loops.models.Model
+        As :func:`evaluate` (only ``predict`` is used).
     frames : sequence of ase.Atoms
     by : str or None, default "config_type"
         ``info`` key whose values split the set (e.g. ethanol / methanol); no split for

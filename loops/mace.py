@@ -7,66 +7,64 @@ message-passing layers builds many-body messages (body order ``correlation + 1``
 spherical-harmonic edge features. Forces are minus the gradient of the energy.
 
 :class:`MACESettings` holds a small architecture and training schedule (CPU training in minutes);
-:class:`MACEModel` writes ``train.xyz`` / ``valid.xyz`` into a work directory, runs
-``python -m mace.cli.run_train`` there in a subprocess and predicts energies (eV), forces (eV/Å)
-and per-structure invariant descriptors in batches, in this process.
+:class:`MACEModel` trains with ``python -m mace.cli.run_train`` in a subprocess and predicts
+energies (eV), forces (eV/Å) and per-structure invariant descriptors in this process.
 
 Notes on mace-torch (seen here, mace-torch 0.3.16, e3nn 0.4.4, torch 2.13):
 
-- ``import mace`` sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in ``os.environ``: e3nn 0.4.4
-  reads its constants with a plain ``torch.load`` that torch >= 2.6 refuses otherwise. Left
-  alone, this would silently make every later ``torch.load`` in our process unpickle arbitrary
-  objects. :func:`_import_mace` imports what we need with the variable set and then restores
-  the caller's value; the model file (a pickled ``torch.nn.Module`` that we wrote ourselves) is
-  loaded with an explicit ``weights_only=False``.
+- ``import mace`` sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in ``os.environ`` for the whole
+  process (e3nn 0.4.4 needs it): :func:`_import_mace` restores the caller's value afterwards.
 - run_train's ``--model MACE`` builds a ``ScaleShiftMACE`` with zero shift, so the readout must
   learn the whole atomisation energy (about -4.7 eV per atom for ethanol) before it can learn
   anything else; ``--model ScaleShiftMACE`` (used here) shifts by the mean interaction energy
   per atom of the training set and scales by the RMS force.
-- ``--patience`` does not stop serial (non-distributed) training: the loop only breaks on the
-  distributed signal (ACEsuit/mace issue 1384). Training always runs ``max_num_epochs``; the
-  model kept is still the checkpoint with the lowest validation loss.
+- ``--patience`` does not stop serial (non-distributed) training (ACEsuit/mace issue 1384):
+  training runs ``max_num_epochs``, and keeps the checkpoint with the lowest validation loss.
 - the validation split is made here (``valid.xyz``), not by run_train (whose split needs at
-  least two configurations and is not reported back), so :attr:`MACEModel.valid_indices_`
-  names the configurations that were held out.
+  least two configurations and is not reported back): :attr:`MACEModel.valid_indices_`.
 - run_train takes one-atom frames with ``config_type=IsolatedAtom`` out of the training data and
   uses their energies as E0s *instead of* ``--E0s`` (a KeyError when they cover only some
-  elements); :meth:`MACEModel.fit` writes such frames without that config_type, so they are
-  trained on like any configuration and the ``e0s`` argument is what the model uses.
+  elements): such frames are written without that config_type.
 - a cutoff shorter than every interatomic distance trains without error and predicts NaN.
 - run_train drops the last incomplete training batch of every epoch, so a ``batch_size`` larger
   than the training set would train nothing: :meth:`MACEModel.fit` caps it.
-- run_train always TorchScript-compiles a copy of the model after training (a few seconds,
-  ``mace_compiled.model``; unused here).
-- with tiny molecules an optimiser step costs about the same for 10 or 20 configurations
-  (measured: 0.13 and 0.16 s for the default model on one thread), and on 2 shared cores one torch thread is faster than two (OpenMP threads spin while
-  another process holds the second core): see :class:`MACESettings`.
+- run_train always TorchScript-compiles a copy (``mace_compiled.model``, unused here).
+- with tiny molecules an optimiser step costs about the same for 10 or 20 configurations (0.13
+  and 0.16 s for the default model on one thread), and on 2 shared cores one torch thread is
+  faster than two (OpenMP threads spin while another process holds the second core).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
 
-from loops.errors import ModelFitError, SetupError
-from loops.models import species_e0s, training_frame
-from oed.errors import InputError, NotFittedError, UnknownElementError
+from loops.errors import SetupError
+from loops.fitting import (
+    DEFAULT_TIMEOUT_S, FitPlan, FitProgram, SubprocessModel, check_elements, fmt_float, program_env,
+    species_e0s, symbols_by_z,
+)
+from loops.settings import (
+    FINGERPRINT, Rule, boolean, check_fields, choice, int_tuple, integer, nonnegative_real, optional,
+    positive_real, real_in,
+)
+from oed.errors import InputError
 from oed.io import REF_ENERGY, REF_FORCES
+
+if TYPE_CHECKING:
+    from ase.calculators.calculator import Calculator
 
 #: Names of the files a fit writes into its work directory.
 TRAIN_FILE = "train.xyz"
@@ -77,8 +75,6 @@ LOG_FILE = "mace_train.log"
 #: Folders run_train writes into the work directory (removed before a new fit: run_train
 #: reloads the *latest* checkpoint it finds, so a stale one would be taken for the new model).
 _RUN_DIRS = ("checkpoints", "logs", "results")
-#: Lines of the training log quoted in a ModelFitError.
-_LOG_TAIL_LINES = 20
 #: Lines in which Python (or the OS) states why run_train stopped.
 _REASON = re.compile(
     r"^\s*(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception)\b(?::|$)|^\s*Killed\b|Segmentation fault"
@@ -89,23 +85,28 @@ _WEIGHTS_ONLY_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 _ISOLATED = "IsolatedAtom"
 _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float32", "float64")
+#: run_train as :mod:`loops.fitting` runs it: a Python traceback ends with the exception, so
+#: the last reason in the log is the one quoted.
+RUN_TRAIN = FitProgram(name="mace run_train", speaker="run_train", reasons=_REASON)
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def _fmt(x: float) -> str:
-    """A float without losing precision (``repr``)."""
-    return repr(float(x))
-
-
-def _symbols_by_z(species) -> list[str]:
-    return sorted(set(species), key=atomic_numbers.__getitem__)
+#: What each MACESettings field must be (:func:`loops.settings.check_fields`).
+_RULES: Mapping[str, Rule] = MappingProxyType({
+    **{name: positive_real() for name in ("r_max", "lr", "forces_weight")},
+    "energy_weight": nonnegative_real(),
+    **{name: integer(minimum) for name, minimum in (
+        ("num_radial_basis", 1), ("num_cutoff_basis", 1), ("num_channels", 1), ("max_L", 0), ("max_ell", 0),
+        ("correlation", 1), ("num_interactions", 1), ("max_num_epochs", 1), ("batch_size", 1), ("patience", 1),
+        ("seed", 0), ("predict_batch_size", 1))},
+    "radial_mlp": int_tuple(1),
+    "valid_fraction": real_in(0, 1),
+    "ema": boolean(),
+    "ema_decay": real_in(0, 1, low_open=True),
+    "device": choice(_DEVICES),
+    "default_dtype": choice(_DTYPES),
+    "num_threads": optional(integer(1)),
+    "timeout_s": optional(positive_real()),
+})
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,9 @@ class MACESettings:
 
     MACE is the equivariant message-passing potential of Batatia et al. (NeurIPS 2022,
     arXiv:2206.07697). The defaults are a small model chosen by measurement on rMD17 ethanol on
-    2 shared CPU cores (table in :class:`MACEModel`): a 100-configuration fit takes about
-    3 minutes and gives about 40 meV/Å. At 100 configurations and about the same time,
-    16 channels with ``max_ell`` 3 beat 32 channels (fewer epochs fit in the time: 53–63
-    meV/Å), ``max_ell`` 2 (45–49 meV/Å) and ``correlation`` 2 (59 meV/Å); a larger
-    ``energy_weight`` (10) did not lower the energy error. The time grows with the number of
-    configurations (fixed epochs): about 6 minutes at 200.
+    2 shared CPU cores (:mod:`loops.models` has the table and the alternatives tried): a
+    100-configuration fit takes about 3 minutes and gives about 40 meV/Å; the time grows with
+    the number of configurations (fixed epochs).
 
     Parameters
     ----------
@@ -157,8 +155,7 @@ class MACESettings:
     valid_fraction : float, default 0.1
         Fraction of the configurations held out for validation (checkpoint choice and the
         learning-rate schedule), at least one and at most all but one; chosen with ``seed``.
-        0 validates on the training set itself (no configuration held out), as does a fit on
-        a single configuration.
+        0 (or a single configuration) validates on the training set itself.
     patience : int, default 50
         Epochs without improvement of the validation loss before training stops (passed to
         run_train; see ``max_num_epochs``).
@@ -174,13 +171,16 @@ class MACESettings:
     default_dtype : {"float64", "float32"}, default "float64"
         Floating-point precision of the model.
     num_threads : int or None, default 1
-        Torch/OpenMP threads of the training subprocess (``OMP_NUM_THREADS``,
-        ``MKL_NUM_THREADS``) and of :meth:`MACEModel.predict` / ``descriptors`` on the CPU
-        (set for the duration of the call, then restored); ``None`` leaves torch's choice (all
-        cores). One is faster for small molecules on a shared 2-core machine and lets fits run
-        side by side.
+        Torch/OpenMP threads of the training subprocess and of :meth:`MACEModel.predict` /
+        ``descriptors`` on the CPU (for the duration of the call); ``None`` leaves torch's choice
+        (all cores). One is faster for small molecules on 2 shared cores.
     predict_batch_size : int, default 64
         Configurations per forward pass in :meth:`MACEModel.predict` / ``descriptors``.
+    timeout_s : float or None, default 21600 (6 h)
+        Time limit of one run_train in seconds (:data:`loops.fitting.DEFAULT_TIMEOUT_S`); past
+        it the training is killed and the fit fails with :class:`~loops.errors.ModelFitError`.
+        ``None``: no limit. Changes no result, so run fingerprints leave it out
+        (:func:`loops.settings.fingerprint_fields`).
 
     Raises
     ------
@@ -211,6 +211,7 @@ class MACESettings:
     default_dtype: str = "float64"
     num_threads: int | None = 1
     predict_batch_size: int = 64
+    timeout_s: float | None = field(default=DEFAULT_TIMEOUT_S, metadata={FINGERPRINT: False})
 
     def __post_init__(self) -> None:
         if isinstance(self.radial_mlp, list):  # accept a list, keep the dataclass hashable
@@ -219,61 +220,14 @@ class MACESettings:
 
     def validate(self) -> None:
         """Check every field; raise :class:`~loops.errors.SetupError` naming the first bad one."""
-        for name in ("r_max", "lr", "forces_weight"):
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value <= 0:
-                raise SetupError(f"MACESettings.{name} must be a positive finite number, got {value!r}")
-        ew = self.energy_weight
-        if not _is_real(ew) or not math.isfinite(ew) or ew < 0:
-            raise SetupError(
-                f"MACESettings.energy_weight must be a finite number >= 0, got {self.energy_weight!r}"
-            )
-        for name, minimum in (
-            ("num_radial_basis", 1), ("num_cutoff_basis", 1), ("num_channels", 1), ("max_L", 0),
-            ("max_ell", 0), ("correlation", 1), ("num_interactions", 1), ("max_num_epochs", 1),
-            ("batch_size", 1), ("patience", 1), ("seed", 0), ("predict_batch_size", 1),
-        ):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                raise SetupError(f"MACESettings.{name} must be an integer >= {minimum}, got {value!r}")
+        check_fields(self, _RULES, error=SetupError)
         if self.max_L > self.max_ell:
-            raise SetupError(
-                f"MACESettings.max_L ({self.max_L}) must not exceed max_ell ({self.max_ell})"
-            )
-        if (
-            not isinstance(self.radial_mlp, tuple)
-            or not self.radial_mlp
-            or not all(_is_int(w) and w >= 1 for w in self.radial_mlp)
-        ):
-            raise SetupError(
-                f"MACESettings.radial_mlp must be a non-empty tuple of integers >= 1, got {self.radial_mlp!r}"
-            )
-        v = self.valid_fraction
-        if not _is_real(v) or not math.isfinite(v) or not 0 <= v < 1:
-            raise SetupError(f"MACESettings.valid_fraction must be in [0, 1), got {v!r}")
-        if not isinstance(self.ema, (bool, np.bool_)):
-            raise SetupError(f"MACESettings.ema must be True or False, got {self.ema!r}")
-        d = self.ema_decay
-        if not _is_real(d) or not 0 < d < 1:
-            raise SetupError(f"MACESettings.ema_decay must be in (0, 1), got {d!r}")
-        if self.device not in _DEVICES:
-            raise SetupError(f"MACESettings.device must be one of {', '.join(_DEVICES)}, got {self.device!r}")
-        if self.default_dtype not in _DTYPES:
-            raise SetupError(
-                f"MACESettings.default_dtype must be one of {', '.join(_DTYPES)}, got {self.default_dtype!r}"
-            )
-        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
-            raise SetupError(
-                f"MACESettings.num_threads must be None or an integer >= 1, got {self.num_threads!r}"
-            )
+            raise SetupError(f"MACESettings.max_L ({self.max_L}) must not exceed max_ell ({self.max_ell})")
 
     def resolved_device(self) -> str:
-        """``"cuda"`` or ``"cpu"``: ``device`` with ``"auto"`` decided by ``torch.cuda.is_available()``.
+        """``"cuda"`` or ``"cpu"``: ``"auto"`` is ``"cuda"`` when ``torch.cuda.is_available()``.
 
-        Raises
-        ------
-        SetupError
-            ``device="cuda"`` on a machine without a usable CUDA device.
+        Raises :class:`~loops.errors.SetupError` for ``device="cuda"`` without a CUDA device.
         """
         import torch
 
@@ -298,77 +252,46 @@ class MACESettings:
         Parameters
         ----------
         train_file, valid_file
-            Training and validation extxyz (labels under ``REF_energy`` / ``REF_forces``), as
-            run_train sees them from its working directory.
+            Training and validation extxyz (labels under ``REF_energy`` / ``REF_forces``),
+            relative to run_train's working directory.
         e0s
-            Isolated-atom energy in eV per element symbol, exactly the elements of the
-            training set (run_train builds its element table from the data).
+            Isolated-atom energy in eV per element symbol, exactly the training set's elements.
         device
             ``"cpu"`` or ``"cuda"`` (see :meth:`resolved_device`).
         batch_size
-            Replaces ``self.batch_size`` (:meth:`MACEModel.fit` caps it at the number of
-            training configurations: run_train drops incomplete batches).
+            Replaces ``self.batch_size`` (:meth:`MACEModel.fit` caps it at the training set's
+            size: run_train drops incomplete batches).
         executable
             The Python interpreter; ``None``: :data:`sys.executable`.
-
-        Returns
-        -------
-        list of str, ready for :func:`subprocess.run` with ``cwd`` the work directory.
         """
         self.validate()
         if not e0s:
             raise SetupError("no isolated-atom energies (E0s) given to MACESettings.command")
-        for s in e0s:
-            if s not in atomic_numbers or s == "X":
-                raise SetupError(f"unknown chemical symbol {s!r} in E0s")
         batch = int(self.batch_size if batch_size is None else batch_size)
         if batch < 1:
             raise SetupError(f"batch_size must be >= 1, got {batch_size!r}")
-        e0 = "{" + ", ".join(
-            f"{atomic_numbers[s]}: {_fmt(e0s[s])}" for s in _symbols_by_z(e0s)
-        ) + "}"
+        e0 = "{" + ", ".join(f"{atomic_numbers[s]}: {fmt_float(e0s[s])}" for s in symbols_by_z(e0s)) + "}"
         argv = [
-            executable or sys.executable, "-m", "mace.cli.run_train",
-            f"--name={RUN_NAME}",
-            f"--seed={int(self.seed)}",
-            "--work_dir=.",
-            "--model_dir=.",
-            "--log_dir=logs",
-            "--checkpoints_dir=checkpoints",
-            "--results_dir=results",
-            f"--train_file={os.fspath(train_file)}",
-            f"--valid_file={os.fspath(valid_file)}",
-            f"--E0s={e0}",
-            f"--energy_key={REF_ENERGY}",
-            f"--forces_key={REF_FORCES}",
-            "--model=ScaleShiftMACE",  # shift by the mean interaction energy (module notes)
-            "--scaling=rms_forces_scaling",
-            f"--r_max={_fmt(self.r_max)}",
-            f"--num_radial_basis={int(self.num_radial_basis)}",
-            f"--num_cutoff_basis={int(self.num_cutoff_basis)}",
-            f"--num_channels={int(self.num_channels)}",
-            f"--max_L={int(self.max_L)}",
-            f"--max_ell={int(self.max_ell)}",
-            f"--correlation={int(self.correlation)}",
+            executable or sys.executable, "-m", "mace.cli.run_train", f"--name={RUN_NAME}",
+            f"--seed={int(self.seed)}", "--work_dir=.", "--model_dir=.", "--log_dir=logs",
+            "--checkpoints_dir=checkpoints", "--results_dir=results",
+            f"--train_file={os.fspath(train_file)}", f"--valid_file={os.fspath(valid_file)}", f"--E0s={e0}",
+            f"--energy_key={REF_ENERGY}", f"--forces_key={REF_FORCES}",
+            "--model=ScaleShiftMACE", "--scaling=rms_forces_scaling",  # shift by the mean interaction energy
+            f"--r_max={fmt_float(self.r_max)}", f"--num_radial_basis={int(self.num_radial_basis)}",
+            f"--num_cutoff_basis={int(self.num_cutoff_basis)}", f"--num_channels={int(self.num_channels)}",
+            f"--max_L={int(self.max_L)}", f"--max_ell={int(self.max_ell)}", f"--correlation={int(self.correlation)}",
             f"--num_interactions={int(self.num_interactions)}",
             "--radial_MLP=[" + ", ".join(str(int(w)) for w in self.radial_mlp) + "]",
-            "--loss=weighted",
-            f"--energy_weight={_fmt(self.energy_weight)}",
-            f"--forces_weight={_fmt(self.forces_weight)}",
-            f"--max_num_epochs={int(self.max_num_epochs)}",
-            f"--patience={int(self.patience)}",
-            f"--batch_size={batch}",
-            f"--valid_batch_size={max(batch, 32)}",
-            f"--lr={_fmt(self.lr)}",
-            f"--device={device}",
-            f"--default_dtype={self.default_dtype}",
-            "--error_table=PerAtomMAE",
-            "--plot=False",
-            "--pin_memory=False",
+            "--loss=weighted", f"--energy_weight={fmt_float(self.energy_weight)}",
+            f"--forces_weight={fmt_float(self.forces_weight)}", f"--max_num_epochs={int(self.max_num_epochs)}",
+            f"--patience={int(self.patience)}", f"--batch_size={batch}", f"--valid_batch_size={max(batch, 32)}",
+            f"--lr={fmt_float(self.lr)}", f"--device={device}", f"--default_dtype={self.default_dtype}",
+            "--error_table=PerAtomMAE", "--plot=False", "--pin_memory=False",
             "--save_cpu",  # the model file loads on a CPU-only worker too
         ]
         if self.ema:
-            argv += ["--ema", f"--ema_decay={_fmt(self.ema_decay)}"]
+            argv += ["--ema", f"--ema_decay={fmt_float(self.ema_decay)}"]
         return argv
 
 
@@ -387,30 +310,25 @@ def _restored_env(key: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet_mace() -> Iterator[None]:
-    """Hide notices that importing mace / e3nn and unpickling a model print every time.
+    """Hide third-party notices printed at every mace / e3nn import and model unpickling.
 
-    e3nn warns that ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set (expected: see
-    :func:`_import_mace`), and torch 2.13 deprecates the ``torch.jit`` calls that e3nn and mace
-    make at import: third-party notices the user can do nothing about.
+    e3nn warns that ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set (expected: :func:`_import_mace`),
+    and torch 2.13 deprecates the ``torch.jit`` calls that e3nn and mace make at import.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
-        warnings.filterwarnings(
-            "ignore", message=r".*torch\.jit\.\w+` is deprecated.*", category=DeprecationWarning
-        )
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated.*", category=DeprecationWarning)
         yield
 
 
 def _import_mace() -> dict[str, Any]:
     """Import the parts of mace-torch used here without changing our process's environment.
 
-    ``import mace`` (and ``mace.calculators``) sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in
-    ``os.environ``: e3nn 0.4.4 loads its constants with a plain ``torch.load``, which torch >= 2.6
-    refuses in its default weights-only mode. The variable must be set while e3nn is imported,
-    but left set it would turn off weights-only loading for every ``torch.load`` of this process
-    (any checkpoint, from anywhere, could then run code while unpickling). So it is restored
-    right after the import; our own model files are loaded with ``weights_only=False`` on
-    purpose (:meth:`MACEModel._torch_model`).
+    ``import mace`` sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (e3nn 0.4.4 loads its constants
+    with a plain ``torch.load``, which torch >= 2.6 refuses in weights-only mode). Left set, it
+    would turn off weights-only loading for every ``torch.load`` of this process (any checkpoint
+    could then run code while unpickling), so it is restored right after the import; our own
+    model files are loaded with ``weights_only=False`` on purpose (:meth:`MACEModel._torch_model`).
 
     Raises
     ------
@@ -425,79 +343,46 @@ def _import_mace() -> dict[str, Any]:
             from mace.modules.utils import extract_invariant
             from mace.tools import torch_geometric, utils
         except ImportError as exc:
-            raise SetupError(
-                f"mace-torch is not importable ({exc}); install it with `pip install mace-torch`"
-            ) from exc
-    return {
-        "data": mace_data,
-        "extract_invariant": extract_invariant,
-        "DataLoader": torch_geometric.dataloader.DataLoader,
-        "AtomicNumberTable": utils.AtomicNumberTable,
-    }
+            raise SetupError(f"mace-torch is not importable ({exc}); install it with `pip install mace-torch`") from exc
+    return {"data": mace_data, "extract_invariant": extract_invariant,
+            "DataLoader": torch_geometric.dataloader.DataLoader, "AtomicNumberTable": utils.AtomicNumberTable}
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int | None, device: str) -> Iterator[None]:
-    """Torch's intra-op thread count set to ``n`` inside the block (CPU only), then restored.
+def _torch_state(*, threads: int | None = None, device: str = "cpu", dtype: Any = None) -> Iterator[None]:
+    """Torch's intra-op threads (CPU only) and default dtype set inside the block, restored even on error.
 
-    Small molecular graphs gain little from a second thread and lose a lot when another
-    process holds the other core (measured here on 2 shared cores: 200 ethanol configurations
-    took 1.7 s with one thread and 6 s with two).
+    mace builds its graph tensors in the default dtype, which must match the model's. Small
+    molecular graphs gain little from a second thread and lose a lot when another process holds
+    the other core (2 shared cores: 200 ethanol configurations in 1.7 s on one thread, 6 s on two).
     """
     import torch
 
-    if n is None or device != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
+    threads_before, dtype_before = torch.get_num_threads(), torch.get_default_dtype()
     try:
+        if threads is not None and device == "cpu":
+            torch.set_num_threads(int(threads))
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(threads_before)
+        torch.set_default_dtype(dtype_before)
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype) -> Iterator[None]:
-    """Torch's default dtype set to ``dtype`` inside the block, restored even on error.
-
-    mace builds its graph tensors in the default dtype, which must match the model's.
-    """
-    import torch
-
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
-class MACEModel:
+class MACEModel(SubprocessModel):
     """A MACE potential (Batatia et al., NeurIPS 2022, arXiv:2206.07697) trained by mace-torch.
 
-    ``__init__`` only stores the settings; :meth:`fit` trains with ``mace.cli.run_train`` in a
-    subprocess, :meth:`predict` and :meth:`descriptors` evaluate in this process (on the GPU
-    when ``settings.device`` resolves to ``"cuda"``). A fitted model pickles without its torch
-    module (reloaded from :attr:`model_file_` when next used), so it can be sent to worker
-    processes that see the same file system.
-
-    Measured with the default settings on 2 shared CPU cores (1 torch thread), force and energy
-    MAE on 200 random rMD17-ethanol configurations of ``test_MD.xyz``, random training sets
-    from ``train.xyz``:
-
-    =======  ========  ===============  ===================
-    n_train  fit time  force MAE meV/Å  energy MAE meV/atom
-    =======  ========  ===============  ===================
-    25       50 s      88.5             4.26
-    100      169 s     39.7             1.32
-    200      370 s     28.9             1.31
-    =======  ========  ===============  ===================
-
-    (One seed each; other jobs shared the cores, so times vary by about ±30 %. The published
-    MACE reached 32.6 meV/Å with 50 configurations: a larger model trained far longer. The
-    GAP defaults of :mod:`loops.gap` give 78 meV/Å at 100.) Prediction of the 200
-    configurations takes about 4 s.
+    A :class:`loops.models.Model`. :meth:`fit` (:class:`loops.fitting.SubprocessModel`) writes
+    ``train.xyz`` and ``valid.xyz`` (the split: module notes), trains with
+    ``mace.cli.run_train`` in a subprocess and leaves ``mace_train.log``, ``mace.model`` and
+    run_train's ``checkpoints/``, ``logs/`` and ``results/`` in the work directory (those of an
+    earlier fit there are removed first). One-atom ``IsolatedAtom`` frames are trained on as
+    ordinary configurations (run_train would otherwise replace ``e0s`` with their energies).
+    :meth:`predict` and :meth:`descriptors` evaluate in this process (on the GPU when
+    ``settings.device`` resolves to ``"cuda"``). A fitted model pickles without its torch module
+    (reloaded from :attr:`model_file_` when next used), so it can be sent to worker processes
+    that see the same file system. Measured accuracy and cost: :mod:`loops.models`.
 
     Parameters
     ----------
@@ -528,186 +413,96 @@ class MACEModel:
     >>> features = model.descriptors(pool)  # doctest: +SKIP
     """
 
-    #: The settings dataclass (see :mod:`loops.models`).
     settings_class = MACESettings
+    program = RUN_TRAIN
+    log_file = LOG_FILE
+    fitted_file = "model_file_"
+    caches = ("_model", "_model_device")  # the torch module: not pickled, reloaded from the file
 
-    def __init__(self, settings: MACESettings | None = None) -> None:
-        self.settings = settings
-
-    # -- pickling: the torch module stays behind ----------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_model", None)
-        state.pop("_model_device", None)
-        return state
-
-    def _settings(self) -> MACESettings:
-        return self.settings if self.settings is not None else MACESettings()
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_file_"):
-            raise NotFittedError("this MACEModel is not fitted yet: call fit() first")
-
-    def fit(
-        self,
-        frames: Sequence[Atoms],
-        *,
-        e0s: Mapping[str, float],
-        workdir: str | os.PathLike,
-    ) -> MACEModel:
-        """Train the model with mace-torch's ``run_train`` in a subprocess.
-
-        Parameters
-        ----------
-        frames : sequence of ase.Atoms
-            Training configurations, each with a reference energy (eV) and forces (eV/Å) under
-            ``REF_energy`` / ``REF_forces`` or plain ``energy`` / ``forces``. ``config_type`` is
-            kept, except on one-atom ``IsolatedAtom`` frames, which are trained on as ordinary
-            configurations (run_train would otherwise replace ``e0s`` with their energies).
-        e0s : mapping of str to float
-            Isolated-atom energy in eV for every element of ``frames`` (others are ignored).
-        workdir : path
-            Directory (created if needed) receiving ``train.xyz``, ``valid.xyz``,
-            ``mace_train.log``, ``mace.model`` and run_train's ``checkpoints/``, ``logs/`` and
-            ``results/``; those of an earlier fit there are removed first.
-
-        Returns
-        -------
-        self
-
-        Raises
-        ------
-        InputError
-            No frames, or a frame without atoms or without a finite reference energy and
-            forces of shape ``(n_atoms, 3)`` (its index is named).
-        SetupError
-            Bad settings, an element without a finite E0, ``device="cuda"`` without CUDA, or
-            mace-torch not installed.
-        ModelFitError
-            run_train exited non-zero or wrote no model (the reason it printed, the log's last
-            lines and the log's path are quoted); the model is then unfitted.
-        """
-        settings = self._settings()
-        settings.validate()
-        frames = list(frames)
-        if not frames:
-            raise InputError("no training configurations given to MACEModel.fit")
-        clean_frames: list[Atoms] = []
+    def _plan(self, train: list[Atoms], e0s: Mapping[str, float], settings: MACESettings, work: Path) -> FitPlan:
         symbols: set[str] = set()
-        for i, atoms in enumerate(frames):
-            clean = training_frame(i, atoms)
-            config_type = atoms.info.get("config_type")
+        for clean in train:
             # run_train takes a one-atom "IsolatedAtom" frame as an E0 that overrides --E0s (and
             # fails when it covers only some elements) and removes it from the data: train it
             # as an ordinary configuration instead, so that ``e0s`` stays the one reference.
-            if config_type is not None and not (len(atoms) == 1 and config_type == _ISOLATED):
-                clean.info["config_type"] = config_type
-            clean_frames.append(clean)
-            symbols.update(atoms.get_chemical_symbols())
+            config_type = clean.info.get("config_type")
+            if config_type is None or (len(clean) == 1 and config_type == _ISOLATED):
+                clean.info.pop("config_type", None)
+            symbols.update(clean.get_chemical_symbols())
         e0_used = species_e0s(symbols, e0s)
-        species = list(e0_used)
         device = settings.resolved_device()
 
         # Validation split: at least one configuration, at most all but one; none when asked
         # for 0 or when there is a single configuration (then the training set validates).
-        n = len(clean_frames)
+        n = len(train)
         n_valid = 0
         if settings.valid_fraction > 0 and n >= 2:
             n_valid = min(max(1, int(round(settings.valid_fraction * n))), n - 1)
         order = np.random.default_rng(settings.seed).permutation(n)
         valid_idx = sorted(int(i) for i in order[:n_valid])
-        train_idx = sorted(int(i) for i in order[n_valid:])
-        train = [clean_frames[i] for i in train_idx]
-        valid = [clean_frames[i] for i in valid_idx] if valid_idx else train
+        fit_set = [train[int(i)] for i in sorted(order[n_valid:])]
+        valid = [train[i] for i in valid_idx] if valid_idx else fit_set
         # run_train drops the last incomplete batch of every epoch: a batch larger than the
         # training set would mean no optimiser step at all.
-        argv = settings.command(
-            TRAIN_FILE, VALID_FILE, e0_used, device=device, batch_size=min(settings.batch_size, len(train))
+        argv = settings.command(TRAIN_FILE, VALID_FILE, e0_used, device=device,
+                                batch_size=min(settings.batch_size, len(fit_set)))
+        # run_train sets the weights-only variable itself: ours is not passed on
+        env = program_env(threads=settings.num_threads, unset=(_WEIGHTS_ONLY_ENV,), MPLBACKEND="Agg",
+                          WANDB_MODE="disabled")
+        return FitPlan(
+            argv=argv, inputs={TRAIN_FILE: fit_set, VALID_FILE: valid}, output=MODEL_FILE, what="model",
+            # run_train reloads the latest checkpoint it finds: a stale one would pass for the new model
+            stale=(*_RUN_DIRS, MODEL_FILE, RUN_NAME + "_compiled.model"), env=env,
+            fitted={"model_file_": work / MODEL_FILE, "species_": tuple(e0_used), "e0s_": e0_used, "n_train_": n,
+                    "valid_indices_": tuple(valid_idx), "log_file_": work / LOG_FILE},
         )
 
-        work = Path(workdir).resolve()
-        work.mkdir(parents=True, exist_ok=True)
-        for name in ("_model", "_model_device", "model_file_", "species_", "e0s_", "n_train_",
-                     "valid_indices_", "log_file_"):
-            self.__dict__.pop(name, None)  # a failed refit leaves an unfitted model, not a stale one
-        for name in _RUN_DIRS:
-            path = work / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        for name in (MODEL_FILE, RUN_NAME + "_compiled.model"):
-            (work / name).unlink(missing_ok=True)
-        _write_extxyz_atomic(work / TRAIN_FILE, train)
-        _write_extxyz_atomic(work / VALID_FILE, valid)
+    def as_calculator(self) -> Calculator:
+        """The trained model as mace-torch's ASE calculator (``mace.calculators.MACECalculator``).
 
-        env = os.environ.copy()
-        env.pop(_WEIGHTS_ONLY_ENV, None)  # run_train sets it itself; do not pass ours on
-        env["MPLBACKEND"] = "Agg"
-        env["WANDB_MODE"] = "disabled"
-        if settings.num_threads is not None:
-            for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                env[key] = str(int(settings.num_threads))
-        log_path = work / LOG_FILE
-        with open(log_path, "w") as log:
-            try:
-                proc = subprocess.run(
-                    argv, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env, check=False
-                )
-            except OSError as exc:
-                raise SetupError(f"cannot run {argv[0]}: {exc}") from exc
-        model_file = work / MODEL_FILE
-        if proc.returncode != 0 or not model_file.is_file():
-            why = (
-                f"mace run_train exited with status {proc.returncode}"
-                if proc.returncode != 0
-                else "mace run_train exited 0 but wrote no model"
-            )
-            raise ModelFitError(f"{why} (work directory {work}).\n{_log_report(log_path)}")
+        A new calculator on :attr:`model_file_` each call, on the settings' device and dtype;
+        its energies (eV) and forces (eV/Å) are those of :meth:`predict`.
 
-        self._model = None
-        self.model_file_ = model_file
-        self.species_ = tuple(species)
-        self.e0s_ = e0_used
-        self.n_train_ = n
-        self.valid_indices_ = tuple(valid_idx)
-        self.log_file_ = log_path
-        return self
+        Raises
+        ------
+        NotFittedError, SetupError, InputError
+            Not fitted; mace-torch missing; the model file has gone.
+        """
+        with self._loading() as device:
+            os.environ[_WEIGHTS_ONLY_ENV] = "1"  # MACECalculator's plain torch.load of our own file
+            from mace.calculators import MACECalculator
+
+            return MACECalculator(model_paths=str(self.model_file_), device=device,
+                                  default_dtype=self._settings().default_dtype)
+
+    def feature_spec(self, forces: bool) -> None:
+        """``None``: MACE has no fixed feature space before a fit; select in :meth:`descriptors`."""
+        return None
 
     # -- evaluation ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _loading(self) -> Iterator[str]:
+        """Around loading :attr:`model_file_`: mace imported, the weights-only variable restored
+        afterwards (:func:`_import_mace`); yields the device."""
+        self._check_fitted()
+        if not Path(self.model_file_).is_file():
+            raise InputError(f"MACE model file not found: {self.model_file_}")
+        _import_mace()
+        device = self._settings().resolved_device()
+        with _restored_env(_WEIGHTS_ONLY_ENV), _quiet_mace():
+            yield device
+
     def _torch_model(self) -> tuple[Any, str]:
         """The trained ``torch.nn.Module`` on its device (loaded once), and that device."""
-        self._check_fitted()
-        model = getattr(self, "_model", None)
-        if model is None:
+        if getattr(self, "_model", None) is None:
             import torch
 
-            _import_mace()
-            device = self._settings().resolved_device()
-            if not Path(self.model_file_).is_file():
-                raise InputError(f"MACE model file not found: {self.model_file_}")
             # weights_only=False: the file is a whole pickled nn.Module that this class wrote
             # (MACE saves models, not state dicts); never point model_file_ at untrusted files.
-            with _restored_env(_WEIGHTS_ONLY_ENV), _quiet_mace():
+            with self._loading() as device:
                 model = torch.load(self.model_file_, map_location=device, weights_only=False)
-            model = model.to(device).eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            self._model = model
-            self._model_device = device
-        return model, self._model_device
-
-    def _check_elements(self, frames: Sequence[Atoms]) -> None:
-        known = set(self.species_)
-        for i, atoms in enumerate(frames):
-            if len(atoms) == 0:
-                raise InputError(f"configuration {i} has no atoms")
-            unknown = sorted(set(atoms.get_chemical_symbols()) - known, key=atomic_numbers.__getitem__)
-            if unknown:
-                raise UnknownElementError(
-                    f"configuration {i} holds element(s) {', '.join(unknown)} that the MACE model "
-                    f"was not trained on (trained on {', '.join(self.species_)})"
-                )
+            self._model, self._model_device = model.to(device).eval().requires_grad_(False), device
+        return self._model, self._model_device
 
     def _batches(self, frames: Sequence[Atoms], model: Any, device: str) -> Iterator[Any]:
         """mace graph batches of ``frames`` (copies: positions, numbers, cell, pbc only)."""
@@ -716,30 +511,19 @@ class MACEModel:
         z_table = mace["AtomicNumberTable"]([int(z) for z in model.atomic_numbers])
         heads = getattr(model, "heads", None)
         r_max = float(model.r_max)
-        with _default_dtype(dtype):
+        with _torch_state(dtype=dtype):
             graphs = []
             for atoms in frames:
-                clean = Atoms(
-                    numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc
-                )
-                config = mace["data"].config_from_atoms(
-                    clean, key_specification=mace["data"].KeySpecification()
-                )
-                graphs.append(
-                    mace["data"].AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=heads)
-                )
-        loader = mace["DataLoader"](
-            graphs, batch_size=self._settings().predict_batch_size, shuffle=False, drop_last=False
-        )
+                clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+                config = mace["data"].config_from_atoms(clean, key_specification=mace["data"].KeySpecification())
+                graphs.append(mace["data"].AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=heads))
+        loader = mace["DataLoader"](graphs, batch_size=self._settings().predict_batch_size, shuffle=False,
+                                    drop_last=False)
         for batch in loader:
             yield batch.to(device)
 
     def predict(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Energies and forces of configurations; the caller's atoms are not touched.
-
-        Parameters
-        ----------
-        frames : sequence of ase.Atoms
 
         Returns
         -------
@@ -750,22 +534,19 @@ class MACEModel:
 
         Raises
         ------
-        NotFittedError
-            If the model is not fitted.
-        UnknownElementError
-            If a configuration holds an element the model was not trained on.
-        InputError
-            A configuration without atoms, or the model file has gone.
+        NotFittedError, UnknownElementError, InputError
+            Not fitted; an element the model was not trained on; a configuration without
+            atoms, or the model file has gone.
         """
         self._check_fitted()
         frames = list(frames)
-        self._check_elements(frames)
+        check_elements(frames, self.species_, model="MACE", verb="trained")
         if not frames:
             return np.empty(0), []
         model, device = self._torch_model()
         energies: list[np.ndarray] = []
         forces: list[np.ndarray] = []
-        with _torch_threads(self._settings().num_threads, device):
+        with _torch_state(threads=self._settings().num_threads, device=device):
             for batch in self._batches(frames, model, device):
                 out = model(batch.to_dict(), training=False, compute_force=True, compute_stress=False)
                 energies.append(out["energy"].detach().cpu().numpy().astype(float))
@@ -778,30 +559,21 @@ class MACEModel:
         """Per-structure invariant MACE descriptors: node features summed over atoms.
 
         The invariant (``l = 0``) channels of the node features after every interaction layer
-        of the trained model (what ``MACECalculator.get_descriptors(invariants_only=True)``
-        returns per atom), concatenated layer by layer and summed over the atoms of each
-        configuration. They are the features the model's energy readouts act on, so distances
-        in this space are the model's own notion of similarity (MACE-driven selection).
-
-        Parameters
-        ----------
-        frames : sequence of ase.Atoms
+        (``MACECalculator.get_descriptors(invariants_only=True)`` per atom), concatenated layer
+        by layer and summed over each configuration's atoms: the features the energy readouts
+        act on, so distances here are the model's own notion of similarity (MACE-driven
+        selection; the selection space of a MACE, where GAP has :meth:`GAPModel.feature_spec`).
 
         Returns
         -------
-        ndarray, shape (n_frames, d)
-            ``d = num_interactions * num_channels`` (dimensionless learned features).
-
-        Raises
-        ------
-        NotFittedError, UnknownElementError, InputError
-            As :meth:`predict`.
+        ndarray, shape (n_frames, num_interactions * num_channels)
+            Dimensionless learned features. Raises as :meth:`predict`.
         """
         import torch
 
         self._check_fitted()
         frames = list(frames)
-        self._check_elements(frames)
+        check_elements(frames, self.species_, model="MACE", verb="trained")
         model, device = self._torch_model()
         mace = _import_mace()
         from e3nn import o3  # imported by mace already
@@ -811,12 +583,11 @@ class MACEModel:
         l_max = irreps_out.lmax
         n_inv = irreps_out.dim // (l_max + 1) ** 2
         rows: list[np.ndarray] = []
-        with _torch_threads(self._settings().num_threads, device), torch.no_grad():
+        with _torch_state(threads=self._settings().num_threads, device=device), torch.no_grad():
             for batch in self._batches(frames, model, device):
                 out = model(batch.to_dict(), training=False, compute_force=False, compute_stress=False)
-                inv = mace["extract_invariant"](
-                    out["node_feats"], num_layers=n_layers, num_features=n_inv, l_max=l_max
-                )
+                inv = mace["extract_invariant"](out["node_feats"], num_layers=n_layers, num_features=n_inv,
+                                                l_max=l_max)
                 summed = torch.zeros(batch.num_graphs, inv.shape[1], dtype=inv.dtype, device=inv.device)
                 summed.index_add_(0, batch.batch, inv)
                 rows.append(summed.cpu().numpy().astype(float))
@@ -825,32 +596,4 @@ class MACEModel:
         return np.concatenate(rows, axis=0)
 
 
-def _write_extxyz_atomic(path: Path, frames: Sequence[Atoms]) -> None:
-    """Write extxyz to a temporary file beside ``path``, then move it into place."""
-    from ase.io import write  # lazy: ase.io pulls many format modules
-
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            write(fh, list(frames), format="extxyz")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _log_report(log_path: Path, n: int = _LOG_TAIL_LINES) -> str:
-    """run_train's reason for stopping (the exception line) and the last ``n`` lines of its log."""
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"(no log at {log_path})"
-    reasons = [ln.strip() for ln in lines if _REASON.search(ln)]
-    tail = [ln for ln in lines if ln.strip()][-n:]
-    text = f"Last {len(tail)} lines of {log_path}:\n" + "\n".join(tail)
-    if reasons:
-        return "run_train says: " + reasons[-1] + "\n" + text
-    return text
-
-
-__all__ = ["MACEModel", "MACESettings"]
+__all__ = ["RUN_TRAIN", "MACEModel", "MACESettings"]

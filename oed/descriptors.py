@@ -1,7 +1,7 @@
 """SOAP features of atoms and structures, with their gradients (dscribe or quippy).
 
 The energy-only design feature of a configuration A is the sum of its atoms'
-SOAP vectors, φ(A) = Σ_i q̂_i (DESIGN.md §1): energies are sums of atomic
+SOAP vectors, φ(A) = Σ_i q̂_i (docs/design.md §1): energies are sums of atomic
 terms, so a linear model on φ is the linear-in-parameters view of a SOAP-GAP
 with a dot-product kernel. Atom vectors are unit-normalised first (q̂), as in
 the GAP kernel k(q, q') = (q̂·q̂')^ζ, so every atom carries the same weight.

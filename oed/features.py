@@ -1,7 +1,7 @@
 """Design blocks in the feature space of a sparse GAP: energy rows and force rows.
 
 A sparse GAP with the SOAP dot-product kernel k(q, q') = (q̂·q̂')^ζ and sparse
-environments Q_M is linear in its coefficients α (DESIGN.md §1):
+environments Q_M is linear in its coefficients α (docs/design.md §1):
 
     E(A) = φ(A)ᵀ α,    φ(A) = Σ_i k(q̂_i, Q_M),    F_{a,α}(A) = −(∂φ(A)/∂r_{a,α})ᵀ α,
 
@@ -41,7 +41,9 @@ from oed.information import DesignBlocks
 #: 9-atom molecule at n_max=8, l_max=6 (3 species) needs 4 MB, a 27-atom one
 #: with 4 species 65 MB, so chunks stay far below the pool's total.
 _CHUNK_BYTES = 256 * 2**20
-_SPARSE_METHODS = ("cur", "fps")
+_SPARSE_METHODS = ("cur", "cur_points", "fps", "random")
+#: Singular values above this count towards the rank in gap_fit's CUR (libAtoms' TOL_SVD).
+_TOL_SVD = 1e-13
 #: Unit SOAP vectors equal to this many decimals are one environment.
 _DUPLICATE_DECIMALS = 10
 
@@ -67,14 +69,21 @@ class GAPKernelFeatures:
         Sparse environments per central species; capped at the number of
         that species' distinct environments in the fitting pool (identical
         ones, e.g. symmetry-equivalent atoms, count once).
-    sparse_method : {"cur", "fps"}, default "cur"
+    sparse_method : {"cur", "cur_points", "fps", "random"}, default "cur"
         How sparse environments are picked among a species' atoms:
-        scikit-matter's iterative CUR (leverage on the top singular vector,
-        recomputed after every pick) or farthest-point sampling. CUR costs one
-        truncated SVD per pick (minutes for 6 000 × 2 100 environments); FPS
-        is about 50 times faster.
+        ``"cur"``, scikit-matter's iterative CUR (leverage on the top singular
+        vector, recomputed after every pick; one truncated SVD per pick, minutes
+        for 6 000 × 2 100 environments); ``"cur_points"``, gap_fit's own
+        randomised CUR on the descriptor matrix (Mahoney & Drineas, PNAS 106,
+        697, 2009: one SVD, leverage scores ``p_j = min(1, m·Σ_{r<k} v_jr²/k)``
+        over half the numerical rank k, the m environments with the largest
+        ``p_j − u_j``, u uniform in [0, 1)), so that selection sees the sparse
+        points a GAP fitted with ``sparse_method=cur_points`` would pick;
+        ``"fps"``, farthest-point sampling (about 50 times faster than
+        ``"cur"``); ``"random"``, uniformly at random (gap_fit's ``random``).
     random_state : int or None, default 0
-        Seeds ARPACK's start vector (CUR) or the first pick (FPS).
+        Seeds ARPACK's start vector (``"cur"``), the first pick (``"fps"``) or
+        the random numbers of ``"cur_points"`` and ``"random"``.
 
     Attributes
     ----------
@@ -90,7 +99,8 @@ class GAPKernelFeatures:
         M = Σ_Z M_Z, the length of φ.
     kernel_mm_ : ndarray, shape (M, M)
         Block-diagonal K_MM, k between sparse environments of one species:
-        the SoR prior precision Λ₀ (DESIGN.md §2).
+        the SoR prior precision Λ₀ (subset-of-regressors sparse GP: Quiñonero-Candela &
+        Rasmussen, JMLR 6, 1939, 2005; docs/design.md §2).
 
     Examples
     --------
@@ -200,9 +210,16 @@ class GAPKernelFeatures:
         return self
 
     def _select(self, X: np.ndarray, m: int) -> np.ndarray:
-        """Indices of ``m`` rows of ``X`` (pick order), all rows when ``m == len(X)``."""
+        """Indices of ``m`` rows of ``X`` (all when ``m == len(X)``).
+
+        In pick order for cur and fps, increasing for cur_points and random.
+        """
         if m == len(X):  # nothing to choose; CUR's SVD also needs m < len(X)
             return np.arange(m)
+        if self.sparse_method == "cur_points":
+            return _cur_points(X, m, np.random.default_rng(self.random_state))
+        if self.sparse_method == "random":
+            return np.sort(np.random.default_rng(self.random_state).choice(len(X), m, replace=False))
         from skmatter.sample_selection import CUR, FPS  # lazy: skmatter imports sklearn
 
         if self.sparse_method == "cur":
@@ -297,6 +314,27 @@ class GAPKernelFeatures:
         )
 
 
+def _cur_points(X: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows of ``X`` (n, d) picked as gap_fit's ``sparse_method=cur_points`` picks them.
+
+    GAP's ``cur_decomposition`` (libAtoms/GAP clustering.F90, after Mahoney & Drineas,
+    PNAS 106, 697, 2009) with one sampling round: with V the right singular vectors of the
+    descriptor matrix (one column per environment) and k half its numerical rank, environment
+    j has the leverage score p_j = min(1, m/k · Σ_{r<k} V_jr²); the m environments with the
+    largest p_j − u_j (u_j uniform in [0, 1)) are kept. Same method, not the same numbers as a
+    given gap_fit run (its random numbers differ).
+
+    Returns
+    -------
+    ndarray of int, shape (m,)
+        Row indices, in increasing order.
+    """
+    u, s, _ = np.linalg.svd(X, full_matrices=False)  # u: (n, r), the environments' side
+    k = max(int(np.count_nonzero(s > _TOL_SVD)) // 2, 1)
+    p = np.minimum(np.sum(u[:, :k] ** 2, axis=1) * m / k, 1.0)
+    return np.sort(np.argsort(rng.uniform(size=len(p)) - p, kind="stable")[:m])
+
+
 def soap_design_blocks(
     frames: Sequence[Atoms],
     descriptor,
@@ -306,7 +344,7 @@ def soap_design_blocks(
     sigma_force: float = 0.02,
     progress: bool = False,
 ) -> DesignBlocks:
-    """Design blocks of the summed-SOAP model φ(A) = Σ_i q̂_i (DESIGN.md §1).
+    """Design blocks of the summed-SOAP model φ(A) = Σ_i q̂_i (docs/design.md §1).
 
     Parameters
     ----------

@@ -150,7 +150,7 @@ def small_gap(name="dscribe", **kw):
     return GAPKernelFeatures(descriptor=make_descriptor(name, **SMALL), **kw)
 
 
-@pytest.mark.parametrize("method", ["cur", "fps"])
+@pytest.mark.parametrize("method", ["cur", "cur_points", "fps", "random"])
 def test_sparse_points_are_capped_per_species(method, methanol):
     frames = [molecule("H2O"), methanol]  # 5 distinct H (H2O's two are one), 1 C, 2 O environments
     capped = small_gap(n_sparse=3, sparse_method=method).fit(frames)
@@ -167,6 +167,23 @@ def test_sparse_points_are_capped_per_species(method, methanol):
     everything = small_gap(n_sparse=100, sparse_method=method).fit(frames)
     assert {s: len(p) for s, p in everything.sparse_points_.items()} == {"H": 5, "C": 1, "O": 2}
     assert np.linalg.eigvalsh(everything.kernel_mm_)[0] > 1e-8  # no duplicate sparse points
+
+
+def test_cur_points_picks_by_leverage_like_gap_fit():
+    """gap_fit's CUR keeps an environment that alone spans a strong direction; random rarely does."""
+    rng = np.random.default_rng(0)
+    X = np.zeros((21, 4))
+    X[:20, 0] = 1.0
+    X[:20, 2:] = 0.05 * rng.normal(size=(20, 2))
+    X[20, 1] = 10.0  # the outlier: the top singular vector, leverage 1
+    picks = {method: [GAPKernelFeatures(n_sparse=3, sparse_method=method, random_state=seed)._select(X, 3)
+                      for seed in range(20)] for method in ("cur_points", "random")}
+    for idx in picks["cur_points"] + picks["random"]:
+        assert len(idx) == 3 and len(set(idx.tolist())) == 3 and np.all(np.diff(idx) > 0)
+    assert sum(20 in idx for idx in picks["cur_points"]) == 20
+    assert sum(20 in idx for idx in picks["random"]) < 10  # 3/21 of the seeds on average
+    again = GAPKernelFeatures(n_sparse=3, sparse_method="cur_points", random_state=4)._select(X, 3)
+    np.testing.assert_array_equal(again, picks["cur_points"][4])  # seeded: reproducible
 
 
 def test_repeated_environments_count_once():
@@ -228,7 +245,7 @@ def test_fit_is_deterministic_and_leaves_the_descriptor_alone(ethanol):
 def test_gap_features_errors(ethanol):
     with pytest.raises(NotFittedError):
         GAPKernelFeatures().transform(ethanol)
-    for bad in (dict(zeta=0), dict(zeta=2.5), dict(n_sparse=0), dict(sparse_method="random")):
+    for bad in (dict(zeta=0), dict(zeta=2.5), dict(n_sparse=0), dict(sparse_method="kmeans")):
         with pytest.raises(InputError):
             small_gap(**bad).fit(ethanol)
     with pytest.raises(InputError, match="normalize"):

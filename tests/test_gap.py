@@ -1,8 +1,10 @@
-"""GAP back-end (real gap_fit, small settings) and error metrics."""
+"""GAP back-end (real gap_fit, small settings), its calculator and feature space, and error metrics."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +14,10 @@ from ase import Atoms
 from ase.io import read
 
 from loops.errors import ModelFitError, SetupError
-from loops.evaluate import Potential, error_metrics, evaluate
+from loops.evaluate import error_metrics, evaluate
 from loops.gap import BASELINE_SETTINGS, GAPModel, GAPSettings, find_gap_fit
+from loops.models import Model, ModelWithVariance, make_model
+from loops.settings import fingerprint_fields
 from oed.errors import InputError, NotFittedError, UnknownElementError
 
 DATA = Path(__file__).parent.parent / "data" / "ethanol"
@@ -35,6 +39,11 @@ def train() -> list[Atoms]:
 @pytest.fixture(scope="module")
 def test_frames() -> list[Atoms]:
     return read(DATA / "test_MD.xyz", ":3")
+
+
+@pytest.fixture(scope="module")
+def test20() -> list[Atoms]:
+    return read(DATA / "test_MD.xyz", ":20")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +77,15 @@ def test_settings_validation():
         GAPSettings(two_body_n_sparse=0)
     with pytest.raises(SetupError, match="diagonal_radial"):
         GAPSettings(diagonal_radial="yes")
+    with pytest.raises(SetupError, match=r"GAPSettings.timeout_s must be None or a positive finite number, got 0"):
+        GAPSettings(timeout_s=0)
+    assert GAPSettings(timeout_s=None).timeout_s is None
+
+
+def test_timeout_changes_no_fingerprint():
+    # a time limit changes no result: run directories must not refuse a resume over it
+    assert fingerprint_fields(GAPSettings(timeout_s=5.0)) == fingerprint_fields(GAPSettings())
+    assert "timeout_s" not in fingerprint_fields(GAPSettings()) and "n_sparse" in fingerprint_fields(GAPSettings())
 
 
 def test_command_one_descriptor_per_species_capped(e0s):
@@ -134,9 +152,11 @@ def test_predict_shapes_accuracy_and_no_mutation(fitted, train, test_frames):
     assert [f.shape for f in forces] == [(9, 3)] * 6 and all(np.all(np.isfinite(f)) for f in forces)
     for a, (pos, info, calc) in zip(frames, before):
         assert np.array_equal(a.positions, pos) and a.info == info and a.calc is calc
+    # measured (SOAP only, 8 configurations, rnd_seed 1): training-set force MAE 0.32 eV/Å against
+    # 1.09 for zero forces; energy errors at most 25 meV/atom on these six configurations
     zero_baseline = float(np.mean(np.abs(np.concatenate([a.get_forces() for a in train[:3]]))))
-    assert _mae(forces[:3], train[:3]) < 0.5 * zero_baseline
-    assert np.all(np.abs(energies - [a.get_potential_energy() for a in frames]) / 9 < 0.1)  # eV/atom
+    assert _mae(forces[:3], train[:3]) < 0.4 * zero_baseline
+    assert np.all(np.abs(energies - [a.get_potential_energy() for a in frames]) / 9 < 0.04)  # eV/atom
 
 
 def test_load_gives_same_predictions(fitted, test_frames):
@@ -159,16 +179,21 @@ def test_refit_is_reproducible_and_replaces_files(fitted, train, test_frames, e0
     np.testing.assert_allclose(model.predict(test_frames)[0], fitted.predict(test_frames)[0], atol=1e-8)
 
 
-def test_fit_two_body_and_diagonal_radial(train, test_frames, e0s, tmp_path):
+def test_fit_two_body_and_diagonal_radial(fitted, train, test20, e0s, tmp_path):
     settings = GAPSettings(n_max=4, l_max=3, n_sparse=50, two_body_n_sparse=10)
     model = GAPModel(settings).fit(train, e0s=e0s, workdir=tmp_path)
     # 3 SOAP + 5 pair terms (H-H, H-C, H-O, C-C, C-O: one O per molecule, so no O-O, which
     # would make gap_fit exit 1 without a message)
     assert len(list(tmp_path.glob("gap.xml.sparseX.*"))) == 8
     assert model.species_ == ("H", "C", "O")
-    energies, forces = model.predict(test_frames)
-    assert np.all(np.isfinite(energies)) and _mae(forces, test_frames) < 1.0  # eV/Å
-    assert np.all(np.abs(energies - [a.get_potential_energy() for a in test_frames]) / 9 < 0.1)
+    energies, forces = model.predict(test20)
+    # Measured (8 configurations, rnd_seed 1): force MAE 0.38 eV/Å on these 20 test
+    # configurations (zero forces: 0.88), 0.094 on the training set, energy error 12 meV/atom on
+    # average; SOAP alone (the fitted fixture) 0.53 eV/Å. Bounds with ~20-60 % margin.
+    assert np.all(np.isfinite(energies)) and _mae(forces, test20) < 0.45  # eV/Å
+    assert _mae(model.predict(train)[1], train) < 0.15
+    assert _mae(forces, test20) < 0.85 * _mae(fitted.predict(test20)[1], test20)  # the 2-body term helps
+    assert np.mean(np.abs(energies - [a.get_potential_energy() for a in test20]) / 9) < 0.02  # eV/atom
 
 
 def test_fit_without_cell_keeps_energies(fitted, train, test_frames, e0s, tmp_path):
@@ -229,6 +254,86 @@ def test_gap_fit_failure(train, e0s, tmp_path):
         refit.predict(train[:1])
 
 
+def test_timeout_kills_gap_fit_and_leaves_the_model_unfitted(fitted, train, e0s, tmp_path):
+    model = make_model("gap", GAPSettings(**SMALL))
+    model.fit(train, e0s=e0s, workdir=tmp_path)  # fitted: a failed refit must undo it
+    model.settings = GAPSettings(**SMALL, timeout_s=0.05)  # gap_fit needs about a second here
+    with pytest.raises(ModelFitError, match=r"gap_fit did not finish within timeout_s=0.05 s") as info:
+        model.fit(train, e0s=e0s, workdir=tmp_path)
+    assert "gap_fit.log" in str(info.value) and str(tmp_path) in str(info.value)
+    assert not (tmp_path / "gap.xml").exists()  # the earlier potential is gone, none half-written
+    for attr in ("potential_file_", "species_", "e0s_", "n_train_"):
+        assert not hasattr(model, attr)
+    with pytest.raises(NotFittedError):
+        model.predict(train[:1])
+
+
+@pytest.fixture
+def pinned():
+    """Make files impossible to delete (immutable as root, a read-only folder otherwise)."""
+    undo = []
+
+    def pin(path: Path) -> None:
+        if os.geteuid() == 0:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+                pytest.skip("chattr +i is not available here")
+            undo.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=False))
+        else:
+            path.parent.chmod(0o555)
+            undo.append(lambda: path.parent.chmod(0o755))
+
+    yield pin
+    for step in reversed(undo):
+        step()
+
+
+def test_leftover_that_cannot_be_removed_is_named(train, e0s, tmp_path, pinned):
+    model = GAPModel(GAPSettings(**SMALL)).fit(train[:2], e0s=e0s, workdir=tmp_path)
+    stale = tmp_path / "gap.xml.sparseX.99"  # from an earlier fit with more descriptors
+    stale.write_text("stale")
+    pinned(stale)
+    with pytest.raises(SetupError, match="cannot remove the files of an earlier fit") as info:
+        model.fit(train[:2], e0s=e0s, workdir=tmp_path)
+    assert str(stale) in str(info.value)
+    with pytest.raises(NotFittedError):  # the failed refit does not keep the earlier potential
+        model.predict(train[:1])
+
+
+def test_protocol_and_calculator_match_predict(fitted, test_frames):
+    assert isinstance(fitted, Model) and isinstance(fitted, ModelWithVariance)
+    energies, forces = fitted.predict(test_frames)
+    calc = fitted.as_calculator()
+    assert calc is not fitted.as_calculator()  # a new calculator each call
+    for atoms, e, f in zip(test_frames, energies, forces):
+        mine = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        mine.calc = calc
+        assert mine.get_potential_energy() == pytest.approx(e, abs=1e-8)
+        np.testing.assert_allclose(mine.get_forces(), f, rtol=0, atol=1e-8)
+    with pytest.raises(NotFittedError):
+        GAPModel().as_calculator()
+    variance = fitted.predict_variance(test_frames)
+    assert variance.shape == (3,) and np.all(variance > 0)
+
+
+def test_feature_spec_is_the_gaps_own(train):
+    from oed.design import design_features
+
+    settings = GAPSettings(n_max=4, l_max=3, atom_sigma=0.45, zeta=2, n_sparse=7, cutoff=4.5)
+    spec = GAPModel(settings).feature_spec(forces=True)
+    assert (spec.kind, spec.backend, spec.forces) == ("gap-kernel", "quippy", True)
+    assert (spec.r_cut, spec.n_max, spec.l_max, spec.sigma, spec.zeta) == (4.5, 4, 3, 0.45, 2)
+    assert spec.diagonal_radial and spec.n_sparse == 7 and spec.sparse_method == "cur_points"
+    assert (spec.sigma_energy, spec.sigma_force) == (settings.energy_sigma, settings.force_sigma)
+    blocks, _, _ = design_features(train[:4], spec)
+    # 7 sparse points per species, capped at that species' environments (4 O atoms): 7 + 7 + 4
+    assert blocks.rows.shape == (4 * 28, 18)
+    assert GAPModel(GAPSettings(sparse_method="RANDOM")).feature_spec(forces=False).sparse_method == "random"
+    with pytest.raises(SetupError, match="sparse_method"):
+        GAPModel(GAPSettings(sparse_method="kmeans")).feature_spec(forces=False)
+    with pytest.raises(SetupError, match="cutoff_transition_width"):
+        GAPModel(GAPSettings(cutoff_transition_width=0.5)).feature_spec(forces=False)
+
+
 def test_find_gap_fit(monkeypatch, tmp_path):
     assert Path(find_gap_fit()).name == "gap_fit"
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
@@ -267,7 +372,7 @@ class _Shifted:
 
 
 def test_evaluate_skips_missing_labels(test_frames, fitted):
-    assert isinstance(_Shifted(), Potential) and isinstance(fitted, Potential)
+    assert not isinstance(_Shifted(), Model)  # evaluate needs only predict
     m = evaluate(_Shifted(), test_frames)
     assert m["energy_mae"] == pytest.approx(100.0) and m["force_mae"] == pytest.approx(1.0)
     energy_only = read(DATA / "test_norm_mode_874.xyz", ":2")
