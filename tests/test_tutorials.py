@@ -97,13 +97,13 @@ def test_smoke_run_writes_outputs_and_resumes(name, tmp_path):
     module = _module(name)
     assert_same_numbers((tmp_path / "summary.md").read_text(), module.render_summary(tmp_path / "results.csv"))
 
-    # a rerun reads the cached work instead of refitting
-    potentials = sorted((tmp_path / "work" / "gap").glob("*/gap.xml"))
-    assert potentials
-    stamps = [p.stat().st_mtime_ns for p in potentials]
+    # a rerun reads the cached work (fitted and scored cells, normal modes) instead of redoing it
+    cached = sorted((tmp_path / "work").rglob("cells/**/*.json")) + sorted((tmp_path / "work").rglob("modes/*.npz"))
+    assert any(p.suffix == ".json" for p in cached) and any(p.suffix == ".npz" for p in cached)
+    stamps = [p.stat().st_mtime_ns for p in cached]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert [p.stat().st_mtime_ns for p in potentials] == stamps
+    assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert _rows(tmp_path / "results.csv") == rows
 
 
