@@ -15,7 +15,9 @@ it also bounds how far the prediction leans on an extrapolated combination of
 training environments. The grade of a configuration is the largest grade of
 its atoms. pacemaker computes one active set per element over its B-basis
 projections (Lysogorskiy et al.) and that is what :class:`ExtrapolationGrade`
-does over SOAP vectors.
+does over SOAP vectors. The label-free linear algebra (:func:`maxvol`,
+:class:`ActiveSet`, :func:`fit_active_set`) lives in :mod:`oed.active_set` and
+is re-exported here.
 
 Thresholds used by pacemaker in practice: γ ≲ 1 interpolation; 1 < γ ≲ 2 mild
 extrapolation; warn / collect the structure for labelling above γ = 2–5
@@ -48,6 +50,9 @@ from ase import Atoms
 from ase.data import atomic_numbers
 
 from oed._torch import CHUNK
+
+# maxvol, ActiveSet, fit_active_set and MAX_COMPONENTS are re-exported: callers import them from oed.domain.
+from oed.active_set import MAX_COMPONENTS, ActiveSet, _is_int, _is_number, fit_active_set, maxvol
 from oed.errors import InputError, NotFittedError
 from oed.information import check_features
 
@@ -55,224 +60,11 @@ from oed.information import check_features
 GAMMA_WARN = 2.0
 #: pacemaker's usual "stop the simulation" level (its practice spans 10–25).
 GAMMA_STOP = 10.0
-#: Default cap on the number of feature directions an active set spans.
-MAX_COMPONENTS = 256
+#: γ of a training configuration is 1 up to round-off (1.0000000000000004 was seen): grades
+#: within this of a threshold are not flagged.
+GAMMA_TOLERANCE = 1e-6
 #: Group key of the single active set used when ``per_atom=False``.
 STRUCTURE = "structure"
-
-_EPS = np.finfo(float).eps
-#: Swaps are made while some |B_ij| exceeds max(tol, 1 + _SWAP_FLOOR): an
-#: active row itself has |B_ij| = 1 up to rounding and must never be swapped.
-_SWAP_FLOOR = 1e-10
-
-
-# --------------------------------------------------------------------- maxvol
-def _coefficients(A: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """B = A A_S⁻¹ (n × r) for the rows ``idx``: every row in the basis of the active rows."""
-    return np.linalg.solve(A[idx].T, A.T).T
-
-
-def maxvol(A, *, tol: float = 1.01, max_iter: int = 200) -> np.ndarray:
-    """Rows of a tall matrix whose square submatrix has locally maximal |det|.
-
-    Starts from the r pivot rows of a column-pivoted QR of Aᵀ (a rank-revealing
-    choice), then, while some entry of B = A A_S⁻¹ has |B_ij| > ``tol``, swaps
-    active row j for row i; each swap multiplies |det A_S| by |B_ij| (> tol),
-    so the loop ends, and B is updated by a rank-one formula (refreshed from
-    scratch every r swaps and before stopping) (Goreinov et al. 2010).
-
-    On return every row of A is a combination of the active rows with
-    coefficients |B_ij| ≤ tol, so no single swap can raise |det A_S| by more
-    than a factor ``tol``: a *dominant* (locally maximal-volume) submatrix.
-
-    Parameters
-    ----------
-    A : array, shape (n, r), n ≥ r
-        Full column rank.
-    tol : float, default 1.01
-        Swap threshold, ≥ 1. ``tol=1`` asks for a strictly dominant submatrix
-        (rows are then swapped while |B_ij| > 1 + 1e-10).
-    max_iter : int, default 200
-        Most swaps; a warning is issued if the submatrix is still not dominant.
-
-    Returns
-    -------
-    ndarray of int, shape (r,)
-        Row indices S; ``A[S]`` is the submatrix (its row j is the basis row j
-        of B). Distinct.
-
-    Raises
-    ------
-    InputError
-        If A is not 2-D and finite, has no columns, fewer rows than columns,
-        or is rank-deficient (numerical rank below r: a pivoted-QR diagonal
-        entry ≤ max(n, r)·eps·|R₀₀|); for ``tol < 1`` or ``max_iter < 0``.
-
-    Examples
-    --------
-    >>> A = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.5, 0.5]])
-    >>> sorted(maxvol(A).tolist())
-    [1, 2]
-    """
-    import scipy.linalg
-
-    A = check_features(A, "A")
-    n, r = A.shape
-    if r == 0 or n == 0:
-        raise InputError(f"maxvol needs a non-empty matrix, got shape {A.shape}")
-    if n < r:
-        raise InputError(f"maxvol needs at least as many rows as columns, got {n} rows and {r} columns")
-    if not (_is_number(tol) and np.isfinite(tol) and tol >= 1):
-        raise InputError(f"maxvol tol must be a finite number >= 1, got {tol!r}")
-    if not _is_int(max_iter) or max_iter < 0:
-        raise InputError(f"max_iter must be a non-negative integer, got {max_iter!r}")
-    _, R, piv = scipy.linalg.qr(A.T, mode="economic", pivoting=True)
-    diag = np.abs(np.diag(R))
-    if diag[0] == 0 or diag.min() <= diag[0] * max(n, r) * _EPS:
-        rank = int(np.sum(diag > diag[0] * max(n, r) * _EPS))
-        raise InputError(
-            f"maxvol needs a matrix of full column rank: numerical rank is {rank} < {r} columns"
-        )
-    idx = np.array(piv[:r], dtype=np.int64)
-    threshold = max(float(tol), 1.0 + _SWAP_FLOOR)
-    B = _coefficients(A, idx)
-    swaps, stale = 0, False
-    while True:
-        i, j = np.unravel_index(np.argmax(np.abs(B)), B.shape)
-        if abs(B[i, j]) <= threshold:
-            if stale:  # confirm on a freshly computed B before stopping
-                B, stale = _coefficients(A, idx), False
-                continue
-            break
-        if swaps >= max_iter:
-            warnings.warn(
-                f"maxvol stopped after max_iter={max_iter} swaps with max |B_ij| = {abs(B[i, j]):.4g} "
-                f"> tol = {tol}: the submatrix is not yet dominant",
-                stacklevel=2,
-            )
-            break
-        col = B[:, j].copy()
-        row = B[i, :].copy()
-        row[j] -= 1.0
-        B -= np.outer(col, row / B[i, j])
-        idx[j] = i
-        swaps += 1
-        stale = True
-        if swaps % r == 0:
-            B, stale = _coefficients(A, idx), False
-    return idx
-
-
-# ------------------------------------------------------------- active sets
-@dataclass(frozen=True)
-class ActiveSet:
-    """A MaxVol active set over the leading principal directions of some rows.
-
-    Attributes
-    ----------
-    components : ndarray, shape (r, d)
-        Orthonormal rows: the r leading right singular vectors of the
-        *uncentred* training rows.
-    singular_values : ndarray, shape (r,)
-    rows : ndarray of int, shape (r,)
-        Active training rows (indices into the rows given to :func:`fit_active_set`).
-    inverse : ndarray, shape (r, r)
-        A⁻¹ for the active matrix A = X[rows] @ components.T.
-    """
-
-    components: np.ndarray
-    singular_values: np.ndarray
-    rows: np.ndarray
-    inverse: np.ndarray
-
-    def coordinates(self, X) -> np.ndarray:
-        """c = (x Pᵀ) A⁻¹ of every row, shape (n, r)."""
-        return (np.asarray(X, dtype=float) @ self.components.T) @ self.inverse
-
-    def gamma(self, X) -> np.ndarray:
-        """γ(x) = max_j |c_j| of every row, shape (n,)."""
-        X = np.asarray(X, dtype=float)
-        if len(X) == 0:
-            return np.zeros(0)
-        return np.abs(self.coordinates(X)).max(axis=1)
-
-    def residual(self, X) -> np.ndarray:
-        """‖x − x PᵀP‖ / ‖x‖ of every row, shape (n,): the part γ does not see (0 for x = 0)."""
-        X = np.asarray(X, dtype=float)
-        if len(X) == 0:
-            return np.zeros(0)
-        norm = np.linalg.norm(X, axis=1)
-        res = np.linalg.norm(X - (X @ self.components.T) @ self.components, axis=1)
-        return np.divide(res, norm, out=np.zeros_like(res), where=norm > 0)
-
-
-def fit_active_set(X, *, n_components: int | None = None, tol: float = 1.01, name: str = "X") -> ActiveSet:
-    """Project rows onto their r leading (uncentred) principal directions and run :func:`maxvol`.
-
-    Parameters
-    ----------
-    X : array, shape (n, d)
-        Training rows.
-    n_components : int, optional
-        r. Default ``min(n, d, 256)``. Always capped at n, d and the numerical
-        rank of X (singular values > max(n, d)·eps·σ₀).
-    tol : float, default 1.01
-        MaxVol swap threshold: every training row ends with γ ≤ tol.
-    name : str
-        Words naming the rows in error messages.
-
-    Raises
-    ------
-    InputError
-        Empty, non-finite or all-zero rows; ``n_components < 1``.
-    """
-    X = check_features(X, name)
-    n, d = X.shape
-    if n == 0 or d == 0:
-        raise InputError(f"{name} is empty (shape {X.shape}): no training rows to build an active set from")
-    cap = MAX_COMPONENTS if n_components is None else _check_n_components(n_components)
-    S, Vt = _right_singular(X)
-    if S[0] == 0:
-        raise InputError(f"{name} is all zeros: no direction to grade against")
-    rank = int(np.sum(S > S[0] * max(n, d) * _EPS))
-    r = min(cap, n, d, rank)
-    comps = np.ascontiguousarray(Vt[:r])
-    P = X @ comps.T
-    rows = maxvol(P, tol=tol)
-    inverse = np.linalg.inv(P[rows])
-    return ActiveSet(components=comps, singular_values=S[:r].copy(), rows=rows, inverse=inverse)
-
-
-def _right_singular(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Singular values and right singular vectors of X (n × d), via a QR of the long side.
-
-    A thin QR first reduces the problem to a min(n, d)-square one, whose SVD
-    is then cheap (n ≪ d is the usual case for SOAP rows of one element).
-    """
-    import scipy.linalg
-
-    n, d = X.shape
-    if n >= d:
-        R = np.linalg.qr(X, mode="r")  # (d, d)
-        _, S, Vt = scipy.linalg.svd(R, full_matrices=False)
-        return S, Vt
-    Q, R = scipy.linalg.qr(X.T, mode="economic")  # X = Rᵀ Qᵀ
-    _, S, Wt = scipy.linalg.svd(R.T)  # Rᵀ = U S Wᵀ  →  X = U S (Q W)ᵀ
-    return S, Wt @ Q.T
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-
-
-def _check_n_components(n_components) -> int:
-    if not _is_int(n_components) or n_components < 1:
-        raise InputError(f"n_components must be a positive integer or None, got {n_components!r}")
-    return int(n_components)
 
 
 # ------------------------------------------------------------- the estimator
@@ -686,8 +478,11 @@ def _chunks(frames: list[Atoms], max_atoms: int):
 
 
 # ------------------------------------------------------------------ helpers
-def flag(gamma, threshold: float = 1.0) -> np.ndarray:
-    """``gamma > threshold`` as a bool array (inf is flagged, NaN is not).
+def flag(gamma, threshold: float = 1.0, tol: float = GAMMA_TOLERANCE) -> np.ndarray:
+    """``gamma > threshold + tol`` as a bool array (inf is flagged, NaN is not).
+
+    The tolerance (:data:`GAMMA_TOLERANCE`) keeps the round-off of γ = 1 on a training
+    configuration from flagging it.
 
     Use ``threshold=1`` for "extrapolates at all", :data:`GAMMA_WARN` (2; pacemaker
     uses 2–5) to collect structures for labelling and :data:`GAMMA_STOP` (10;
@@ -700,7 +495,7 @@ def flag(gamma, threshold: float = 1.0) -> np.ndarray:
     """
     if not _is_number(threshold) or not threshold > 0:
         raise InputError(f"threshold must be a positive number, got {threshold!r}")
-    return np.asarray(gamma, dtype=float) > threshold
+    return np.asarray(gamma, dtype=float) > threshold + tol
 
 
 def plot_gamma(
@@ -780,3 +575,19 @@ def plot_gamma(
     from oed.plots import save_figure
 
     save_figure(fig, path)
+
+
+__all__ = [
+    "GAMMA_STOP",
+    "GAMMA_TOLERANCE",
+    "GAMMA_WARN",
+    "MAX_COMPONENTS",
+    "STRUCTURE",
+    "ActiveSet",
+    "ExtrapolationGrade",
+    "GradeResult",
+    "fit_active_set",
+    "flag",
+    "maxvol",
+    "plot_gamma",
+]

@@ -11,6 +11,7 @@ import pytest
 from oed.descriptors import SOAPDescriptor
 from oed.domain import (
     GAMMA_STOP,
+    GAMMA_TOLERANCE,
     GAMMA_WARN,
     ExtrapolationGrade,
     fit_active_set,
@@ -266,3 +267,15 @@ def test_plot_gamma_writes_atomically(tmp_path):
         plot_gamma({}, out)
     with pytest.raises(InputError):
         plot_gamma({"bad": [np.nan]}, out)
+
+
+def test_training_set_graded_against_itself_is_not_flagged(train):
+    # tol=1 makes every training row γ ≤ 1 up to round-off (active rows exactly 1 in exact
+    # arithmetic); GAMMA_TOLERANCE must absorb that round-off so none is flagged.
+    strict = ExtrapolationGrade(descriptor=SOAPDescriptor(**SMALL_SOAP), tol=1.0).fit(train)
+    gamma = strict.transform(train)
+    assert gamma.max() == pytest.approx(1.0, abs=1e-6)
+    assert not flag(gamma).any()
+    assert not flag(gamma, tol=GAMMA_TOLERANCE).any()
+    # the tolerance is what keeps round-off above 1 unflagged, and only round-off
+    assert flag(np.array([1.0000000000000004, 1 + 1e-3]), tol=GAMMA_TOLERANCE).tolist() == [False, True]
