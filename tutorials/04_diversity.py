@@ -41,13 +41,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _shared, also when imported by path
 from _shared import (  # noqa: E402
     ROOT,
+    Design,
     cell,
     check_work_config,
+    finish,
+    fit_designs,
     label_xtb,
     mean_ci,
     parse_args,
     read_rows,
-    write_rows,
 )
 
 DEFAULT_OUT = ROOT / "tutorials" / "outputs" / "04_diversity"
@@ -179,18 +181,10 @@ def split_design(frames, molecules: int, conformers: int, seen_test_total: int):
 
 def run(cfg: Config, out: Path, workers: int | None) -> Path:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
 
-    from loops.campaign import ModelRef, train_on_design
     from loops.gap import GAPSettings
     from loops.xtb import isolated_atom_energies_xtb
-    from oed.io import atomic_write_text, write_structures
+    from oed.io import write_structures
 
     console = Console()
     work = out / "work"
@@ -204,40 +198,18 @@ def run(cfg: Config, out: Path, workers: int | None) -> Path:
     console.print(f"  data ready in {time.perf_counter() - t0:.0f} s ({len(unseen)} unseen-molecule conformers)")
     e0s = isolated_atom_energies_xtb(["H", "C", "O"])
 
-    rows = []
-    jobs = [(seed, m, c) for seed in cfg.seeds for m, c in cfg.designs]
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        task = bar.add_task("GAP fits", total=len(jobs))
-        for seed, m, c in jobs:
-            name = design_name(m, c)
-            bar.update(task, description=f"GAP {name} seed {seed}")
-            train, seen_test = split_design(per_seed[seed], m, c, cfg.seen_test_total)
-            seen_file = work / "tests" / f"seen_{name}_seed{seed}.xyz"
-            if not seen_file.is_file():
-                write_structures(seen_file, seen_test)
-            # one campaign round on a hand-built design (loops.campaign): fitted, scored, cached
-            cell = train_on_design(train, out=work, label=name, seed=seed, e0s=e0s,
-                                   model=ModelRef("gap", GAPSettings(**cfg.gap), seed=seed),
-                                   tests={"seen_molecules": seen_file, "unseen_molecules": unseen_file})
-            record = {"budget": cell["n_labelled"],
-                      "tests": {t: {"n": e["n_configs"], **e} for t, e in cell["errors"].items()}}
-            for test_set, metrics in record["tests"].items():
-                for metric in METRICS:
-                    rows.append({
-                        "strategy": name, "seed": seed, "budget": record["budget"], "molecules": m,
-                        "conformers_per_molecule": c, "test_set": test_set, "n_test": metrics["n"],
-                        "metric": metric, "value": repr(float(metrics[metric])),
-                    })  # fmt: skip
-            bar.advance(task)
+    def designs():
+        for seed in cfg.seeds:
+            for m, c in cfg.designs:
+                name = design_name(m, c)
+                train, seen_test = split_design(per_seed[seed], m, c, cfg.seen_test_total)
+                seen_file = work / "tests" / f"seen_{name}_seed{seed}.xyz"
+                if not seen_file.is_file():
+                    write_structures(seen_file, seen_test)
+                yield Design(name, seed, train, {"seen_molecules": seen_file, "unseen_molecules": unseen_file},
+                             e0s, cfg.gap, work, {"strategy": name, "molecules": m, "conformers_per_molecule": c})
 
-    results = out / "results.csv"
-    write_rows(results, rows, COLUMNS)
-    atomic_write_text(out / "summary.md", render_summary(results))
-    plot(results, out / "errors.png")
-    console.print(f"  done in {time.perf_counter() - t0:.0f} s: {results}, summary.md, errors.png")
-    return results
+    return finish(out, fit_designs(designs(), METRICS), COLUMNS, render_summary, plot, t0)
 
 
 # ------------------------------------------------------------------- summary and plot

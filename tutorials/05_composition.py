@@ -38,14 +38,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _shared, also when imported by path
 from _shared import (  # noqa: E402
     ROOT,
+    Design,
     cell,
     check_work_config,
+    finish,
+    fit_designs,
     fmt,
     label_xtb,
     mean_ci,
     parse_args,
     read_rows,
-    write_rows,
 )
 
 DEFAULT_OUT = ROOT / "tutorials" / "outputs" / "05_composition"
@@ -246,18 +248,9 @@ def carbonyl_train(frames, strategy: str, n_molecules: int, seed: int):
 
 def run(cfg: Config, out: Path, workers: int | None) -> Path:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
 
-    from loops.campaign import ModelRef, train_on_design
     from loops.gap import GAPSettings
     from loops.xtb import isolated_atom_energies_xtb
-    from oed.io import atomic_write_text
 
     console = Console()
     work = out / "work"
@@ -272,45 +265,20 @@ def run(cfg: Config, out: Path, workers: int | None) -> Path:
     qm9_e0s = isolated_atom_energies_xtb(["H", "C", "O"])
     console.print(f"  data ready in {time.perf_counter() - t0:.0f} s")
 
-    jobs = []
-    for seed in cfg.seeds:
-        for strategy in EXPERIMENTS["eth_meth"][1]:
-            jobs.append(("eth_meth", strategy, seed))
-        for strategy in EXPERIMENTS["qm9_carbonyl"][1]:
-            jobs.append(("qm9_carbonyl", strategy, seed))
-    rows = []
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        task = bar.add_task("GAP fits", total=len(jobs))
-        for experiment, strategy, seed in jobs:
-            bar.update(task, description=f"GAP {experiment} {strategy} seed {seed}")
-            if experiment == "eth_meth":
-                train = eth_meth_train(eth_pool, strategy, cfg.n_train_eth_meth, seed)
-                tests, e0s, gap = eth_tests, eth_e0s, cfg.gap_eth_meth
-            else:
-                train = carbonyl_train(qm9_train[seed], strategy, cfg.n_train_molecules, seed)
-                tests, e0s, gap = qm9_tests, qm9_e0s, cfg.gap_qm9
-            # one campaign round on a hand-built design (loops.campaign): fitted, scored, cached
-            cell = train_on_design(train, out=work / experiment, label=strategy, seed=seed, e0s=e0s,
-                                   model=ModelRef("gap", GAPSettings(**gap), seed=seed), tests=tests)
-            record = {"budget": cell["n_labelled"],
-                      "tests": {t: {"n": e["n_configs"], **e} for t, e in cell["errors"].items()}}
-            for test_set, metrics in record["tests"].items():
-                for metric in METRICS:
-                    rows.append({
-                        "experiment": experiment, "strategy": strategy, "seed": seed,
-                        "budget": record["budget"], "test_set": test_set, "n_test": metrics["n"],
-                        "metric": metric, "value": repr(float(metrics[metric])),
-                    })  # fmt: skip
-            bar.advance(task)
+    def designs():
+        for seed in cfg.seeds:
+            for experiment in ("eth_meth", "qm9_carbonyl"):
+                for strategy in EXPERIMENTS[experiment][1]:
+                    if experiment == "eth_meth":
+                        train = eth_meth_train(eth_pool, strategy, cfg.n_train_eth_meth, seed)
+                        tests, e0s, gap = eth_tests, eth_e0s, cfg.gap_eth_meth
+                    else:
+                        train = carbonyl_train(qm9_train[seed], strategy, cfg.n_train_molecules, seed)
+                        tests, e0s, gap = qm9_tests, qm9_e0s, cfg.gap_qm9
+                    yield Design(strategy, seed, train, tests, e0s, gap, work / experiment,
+                                 {"experiment": experiment, "strategy": strategy})
 
-    results = out / "results.csv"
-    write_rows(results, rows, COLUMNS)
-    atomic_write_text(out / "summary.md", render_summary(results))
-    plot(results, out / "errors.png")
-    console.print(f"  done in {time.perf_counter() - t0:.0f} s: {results}, summary.md, errors.png")
-    return results
+    return finish(out, fit_designs(designs(), METRICS), COLUMNS, render_summary, plot, t0)
 
 
 # ------------------------------------------------------------------- summary and plot

@@ -13,6 +13,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,61 @@ def check_work_config(cfg, work: Path, **resolved) -> None:
         raise SystemExit(f"{work} holds work done with other settings (see {stamp}); "
                          "delete that folder or choose another --out")
     atomic_write_text(stamp, text)
+
+
+@dataclass(frozen=True)
+class Design:
+    """A hand-built training set (tutorials 4 and 5) and where to score it.
+
+    ``columns`` are the results.csv columns that name the design (strategy, molecules, …).
+    """
+
+    label: str
+    seed: int
+    train: list
+    tests: dict  # test-set name -> extxyz path
+    e0s: dict
+    gap: dict  # GAPSettings fields
+    out: Path
+    columns: dict
+
+
+def fit_designs(designs, metrics: Sequence[str]) -> list[dict]:
+    """Fit and score each design as a one-round campaign (``loops.campaign.train_on_design``).
+
+    ``designs`` yields :class:`Design` (lazily: each is built when its turn comes). Finished
+    cells are read back, not refitted. Returns tidy rows: the design's columns, seed, budget,
+    test_set, n_test, metric, value (meV/atom, meV/Å).
+    """
+    from loops.campaign import ModelRef, train_on_design
+    from loops.gap import GAPSettings
+    from loops.parallel import progress_bar
+
+    designs = list(designs)
+    rows = []
+    with progress_bar(True) as bar:
+        task = bar.add_task("GAP fits", total=len(designs))
+        for d in designs:
+            cell = train_on_design(d.train, out=d.out, label=d.label, seed=d.seed, e0s=d.e0s, tests=d.tests,
+                                   model=ModelRef("gap", GAPSettings(**d.gap), seed=d.seed))
+            for test_set, errors in cell["errors"].items():
+                for metric in metrics:
+                    rows.append({**d.columns, "seed": d.seed, "budget": cell["n_labelled"], "test_set": test_set,
+                                 "n_test": errors["n_configs"], "metric": metric, "value": repr(float(errors[metric]))})
+            bar.advance(task)
+    return rows
+
+
+def finish(out: Path, rows, columns: Sequence[str], render_summary, plot, t0: float) -> Path:
+    """Write ``results.csv``, ``summary.md`` (rendered from it alone) and ``errors.png``."""
+    import time
+
+    results = Path(out) / "results.csv"
+    write_rows(results, rows, columns)
+    atomic_write_text(Path(out) / "summary.md", render_summary(results))
+    plot(results, Path(out) / "errors.png")
+    print(f"  done in {time.perf_counter() - t0:.0f} s: {results}, summary.md, errors.png", flush=True)
+    return results
 
 
 def read_rows(results_csv, int_keys: Sequence[str]) -> list[dict]:
