@@ -30,7 +30,7 @@ import numpy as np
 
 from loops.evaluate import evaluate
 from loops.gap import BASELINE_SETTINGS, GAPModel, GAPSettings
-from oed.io import read_structures, reference_energy
+from oed.io import atomic_write_text, read_structures, reference_energy
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ethanol"
 #: Published force MAE (meV/Å) of a GAP trained on 1000 random rMD17 ethanol configurations.
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  fit                     {result['fit_s']:.1f} s, peak {result['fit_peak_gib']:.2f} GiB (gap_fit)")
     print(f"  predict                 {result['predict_ms_per_config']:.1f} ms per configuration")
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -88,8 +88,9 @@ class Campaign:
     book : LabelBook
         Oracle and label store; ``book.frames`` is the (bare) pool.
     model : ModelRef
-    e0s : dict
-        Element → isolated-atom energy (eV).
+    e0s : dict or None
+        Element → isolated-atom energy (eV); ``None``: fitted to each training set by least
+        squares (:func:`loops.oracles.average_e0s`).
     tests : dict
         Test-set name → extxyz path; ``test_limit`` caps configurations per ``config_type``.
     schedule : tuple of int
@@ -109,7 +110,7 @@ class Campaign:
     strategy: Any
     book: LabelBook
     model: ModelRef
-    e0s: dict
+    e0s: dict | None
     tests: dict
     schedule: tuple[int, ...]
     features: Features
@@ -147,6 +148,14 @@ class Campaign:
             self._labels.update(self.book.labels(missing, round=round))
         return {i: self._labels[i] for i in idx}
 
+    def _e0s(self, train: Sequence) -> dict:
+        """The run's E0s, or (none given) E0s fitted to this training set alone."""
+        if self.e0s is not None:
+            return self.e0s
+        from loops.oracles import average_e0s
+
+        return average_e0s(train) if train else {}
+
     # -- the phases of a round ----------------------------------------------------------------------
     def select(self, r: int, selected: list[int], model=None) -> list[int]:
         """Extend ``selected`` to ``schedule[r]`` picks (or ``schedule[-1]`` ahead) and record them."""
@@ -158,7 +167,8 @@ class Campaign:
         strategy = self.first if (self.first is not None and not selected) else self.strategy
         labels = {} if self.ahead else self._labelled(selected, r)
         ok = [i for i in selected if labels.get(i) is not None]
-        ctx = RoundContext(pool=self.book.frames, labels={i: labels[i] for i in ok}, e0s=self.e0s,
+        ctx = RoundContext(pool=self.book.frames, labels={i: labels[i] for i in ok},
+                           e0s=self._e0s([labels[i] for i in ok]),
                            seed=self.seed + r, features=self.features, model=model)
         t0 = time.perf_counter()
         picks = strategy.select(min(need, len(remaining)), remaining, ok, ctx)
@@ -186,8 +196,9 @@ class Campaign:
         if not ok:
             raise InputError(f"{self.label}, seed {self.seed}, k={budget}: every label failed; nothing to fit "
                              f"(see {Path(self.out) / 'labels.db'})")
+        train = tuple(labels[i] for i in ok)
         return CellTask(self.label, self.seed, budget, tuple(picked), len(picked) - len(ok),
-                        tuple(labels[i] for i in ok), self.model.name, self.model.resolved_settings(), self.e0s,
+                        train, self.model.name, self.model.resolved_settings(), self._e0s(train),
                         self.tests, self.test_limit, str(self.out), self.keep_models,
                         model_seed=self.model.seed, round=r)
 
@@ -205,7 +216,7 @@ class Campaign:
         model = (self.model.make() if same else ModelRef(name, seed=self.seed).make())
         where = ("" if same else f"selection/{name}/")
         workdir = Path(self.out) / "models" / f"{where}{self.label}" / f"seed{self.seed}" / f"k{prev}"
-        model.fit(train, e0s=self.e0s, workdir=workdir)
+        model.fit(train, e0s=self._e0s(train), workdir=workdir)
         return model
 
     # -- the cycle --------------------------------------------------------------------------------
@@ -213,16 +224,15 @@ class Campaign:
         """One-shot: the label-free selection for the largest budget (made once, then read)."""
         return self.select(0, self.selected())
 
-    def run(self, *, stop_after: int | None = None) -> list[dict]:
+    def run(self) -> list[dict]:
         """Run (or resume) every round: select, label, fit, score. Returns the cell records.
 
-        ``stop_after`` ends after that many rounds (the loop's ``--rounds``); the pool running
-        out of candidates ends the campaign early, with a log line.
+        The pool running out of candidates ends the campaign early, with a log line.
         """
         selected = self.selected()
         records, kept = [], None
         reuse = getattr(self.strategy, "model", None) == self.model.name
-        for r, budget in enumerate(self.schedule[:stop_after]):
+        for r, budget in enumerate(self.schedule):
             if len(selected) < (self.schedule[-1] if self.ahead else budget):
                 if len(np.setdiff1d(self.allowed, selected)) == 0:
                     self.log(f"{self.label}, seed {self.seed}: the pool is exhausted after {len(selected)} picks")
@@ -236,7 +246,7 @@ class Campaign:
             fitted = None
             if reuse and r + 1 < len(self.schedule):
                 # the trained model also drives the next round's selection: keep it (and its files)
-                fitted = self.model.make().fit(list(task.train), e0s=self.e0s, workdir=task.workdir)
+                fitted = self.model.make().fit(list(task.train), e0s=task.e0s, workdir=task.workdir)
                 kept = (budget, fitted)
             records.append(run_cell(task, fitted=fitted))
             self.log(f"{self.label}, seed {self.seed}, k={budget}: " + headline(records[-1]))
@@ -265,18 +275,25 @@ def train_on_design(train: Sequence, *, out: Path, label: str, seed: int, model:
     return campaign.run()[0]
 
 
-def test_sets(paths: Sequence[Path], limit: int | None, species: Sequence[str]) -> dict[str, str]:
+def test_sets(paths: Sequence[Path], limit: int | None, species: Sequence[str], *,
+              level_of_theory: str | None = None, log: Log = _quiet) -> dict[str, str]:
     """Test-set name (file stem) → resolved path, checked before any label is made.
+
+    A file is scored on what it has (energies, forces); one with no label at all is refused
+    here, by name, instead of after the labels and fits. When a file records a
+    ``level_of_theory`` other than ``level_of_theory``, ``log`` gets a warning: its errors then
+    measure the difference between the two levels as much as the model.
 
     Raises
     ------
     InputError
-        No test file, or two with the same name.
+        No test file, two with the same name, or a file without any reference energy or forces.
     UnknownElementError
         A test file holds an element the pool lacks: a model fitted on the pool cannot predict it.
     """
     from loops.cells import load_test
     from oed.errors import UnknownElementError
+    from oed.io import reference_energy, reference_forces
 
     if not paths:
         raise InputError("give at least one test file")
@@ -286,11 +303,25 @@ def test_sets(paths: Sequence[Path], limit: int | None, species: Sequence[str]) 
         raise InputError(f"test files must have distinct names, repeated: {', '.join(dup)}")
     tests = {Path(p).stem: str(Path(p).resolve()) for p in paths}
     for name, path in tests.items():
-        extra = sorted({s for a in load_test(path, limit) for s in a.get_chemical_symbols()} - set(species))
+        frames = load_test(path, limit)
+        extra = sorted({s for a in frames for s in a.get_chemical_symbols()} - set(species))
         if extra:
             raise UnknownElementError(f"test set {name} contains {', '.join(extra)}, absent from the pool: "
                                       "a model fitted on the pool cannot predict it")
+        if not any(reference_energy(a) is not None or reference_forces(a) is not None for a in frames):
+            raise InputError(f"test file {path} has no reference energy or forces in any configuration: "
+                             "nothing to score (label it first, e.g. with oed label)")
+        levels = sorted({str(a.info["level_of_theory"]) for a in frames if "level_of_theory" in a.info})
+        if level_of_theory and levels and not all(_same_level(lv, level_of_theory) for lv in levels):
+            log(f"warning: test set {name} is labelled at {', '.join(levels)}, the training labels at "
+                f"{level_of_theory}: its errors include the difference between the two levels")
     return tests
+
+
+def _same_level(a: str, b: str) -> bool:
+    """``pbe/def2-svp`` equals ``pyscf:pbe/def2-svp``: compare without the back-end prefix."""
+    strip = lambda s: s.lower().split(":", 1)[-1] if s.lower().startswith(("pyscf:", "xtb:")) else s.lower()  # noqa: E731
+    return strip(a) == strip(b)
 
 
 def headline(record: dict) -> str:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,15 +145,10 @@ def run_cell(task: CellTask, fitted=None) -> dict:
     }
     atomic_write_text(cell_path(Path(task.out), task.strategy, task.seed, task.budget), json.dumps(record, indent=1))
     if fitted is None and not task.keep_models:
-        _remove(task.workdir)  # a fit's files are large; the errors are kept
+        from loops.fitting import remove_fit_dir
+
+        remove_fit_dir(task.workdir)  # a fit's files are large; the errors are kept (leftovers are warned about)
     return record
-
-
-def _remove(path: Path) -> None:
-    failed: list[str] = []
-    shutil.rmtree(path, onerror=lambda fn, p, exc: failed.append(p))
-    if failed:
-        warnings.warn(f"could not remove {len(failed)} fit file(s) under {path}, e.g. {failed[0]}", stacklevel=3)
 
 
 def run_cell_in_worker(task: CellTask) -> dict:

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loops.rundir import check_output_file
 from oed.errors import OEDError
 
 app = typer.Typer(
@@ -41,7 +42,7 @@ def _clean_errors(fn):
         try:
             return fn(*args, **kwargs)
         except OEDError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -54,6 +55,8 @@ def _parse_workers(workers: Optional[int]) -> Optional[int]:
         raise InputError(f"--workers must be >= 1, got {workers}")
     return workers
 
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")]
 
 # Feature options shared by rank and plan.
 FeaturesOpt = Annotated[str, typer.Option("--features", help="Information rows: energy, or energy + 3N forces.")]
@@ -89,6 +92,7 @@ def rank(
     reg: RegOpt = 1.0,
     cache_dir: CacheOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the picks, in pick order, as extxyz.")] = None,
+    force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")] = False,
 ) -> None:
     """Rank a pool of unlabelled configurations: which to label first.
@@ -103,6 +107,8 @@ def rank(
 
     if budget < 1:
         raise InputError(f"--budget must be >= 1, got {budget}")
+    if output is not None:
+        check_output_file(output, what="--output", force=force)
     spec = _spec(features, descriptor, backend)
     frames = read_structures(pool, what="pool")
     train_frames = read_structures(train, what="training set") if train else []
@@ -183,6 +189,8 @@ def plan(
     names = [n.strip() for n in strategies.split(",") if n.strip()]
     if not names:
         raise InputError("--strategies is empty")
+    if plot is not None:
+        check_output_file(plot, what="--plot")
     spec = _spec(features, descriptor, backend)
     frames = read_structures(pool, what="pool")
     train_frames = read_structures(train, what="training set") if train else []
@@ -248,58 +256,6 @@ def plan(
         out.print(f"plot written to {plot}")
 
 
-OracleOpt = Annotated[Optional[str], typer.Option(
-    "--oracle", help="Where labels come from: pyscf:xc/basis, xtb:gfn2-xtb, or any ASE calculator as "
-    "'ase:MODULE:CLASS' with optional JSON keyword arguments, e.g. "
-    "'ase:ase.calculators.lj:LennardJones:{\"sigma\":1.0}'. Default: pyscf at --method.")]
-
-
-def _oracle(spec: Optional[str], method: str, workers: Optional[int], client=None, **pyscf_settings):
-    """The oracle of a command: ``spec`` if given, else PySCF at ``method`` with its settings."""
-    from loops.oracles import PySCFOracle, make_oracle, parse_oracle
-    from loops.parallel import Executor
-
-    executor = Executor(workers=_parse_workers(workers), client=client)
-    if spec is None or parse_oracle(spec)[0] == "pyscf":
-        level = method if spec is None else parse_oracle(spec)[1][0]
-        return PySCFOracle(level, executor=executor, **pyscf_settings)
-    return make_oracle(spec, executor=executor)
-
-
-@app.command()
-@_clean_errors
-def label(
-    inp: Annotated[Path, typer.Argument(metavar="IN.xyz", help="Configurations to label (extxyz).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Labelled extxyz to write.")],
-    method: Annotated[str, typer.Option(help="Level of theory, xc/basis (PySCF).")] = "pbe/def2-svp",
-    oracle: OracleOpt = None,
-    workers: Annotated[Optional[int], typer.Option(help="Parallel processes (default: one per core).")] = None,
-    charge: Annotated[int, typer.Option(help="Total charge (PySCF).")] = 0,
-    spin: Annotated[Optional[int], typer.Option(help="2S (PySCF; default: 0 or 1 by electron count).")] = None,
-    density_fit: Annotated[bool, typer.Option("--density-fit/--no-density-fit", help="Density fitting (PySCF).")] = True,
-) -> None:
-    """Label configurations: writes REF_energy (eV) and REF_forces (eV/Å).
-
-    PySCF at --method by default, or any --oracle (xTB, any ASE calculator). The output keeps
-    the input order and info keys. A configuration whose calculation fails (an SCF that does
-    not converge) gets no label: the command reports it and exits 1.
-    """
-    from oed.io import read_structures, write_structures
-
-    frames = read_structures(inp, what="input file")
-    source = _oracle(oracle, method, workers, charge=charge, spin=spin, density_fit=density_fit)
-    t0 = time.perf_counter()
-    results = source.label(frames)
-    failed = [r for r in results if not r.ok]
-    write_structures(output, [r.atoms for r in results if r.ok])
-    err.print(f"labelled {len(results) - len(failed)} of {len(frames)} configurations with {source.name} "
-              f"in {time.perf_counter() - t0:.1f} s → {output}")
-    for r in failed:
-        err.print(f"[red]configuration {r.index}: {r.error}[/]")
-    if failed:
-        raise typer.Exit(code=1)
-
-
 @app.command()
 @_clean_errors
 def domain(
@@ -315,9 +271,11 @@ def domain(
     Lysogorskiy et al. 2023). A configuration's γ is the largest of its atoms'
     (per element). Typical action thresholds: warn at γ > 2, stop at γ > 10.
     """
-    from oed.domain import GAMMA_STOP, GAMMA_WARN, ExtrapolationGrade, plot_gamma
+    from oed.domain import GAMMA_STOP, GAMMA_WARN, ExtrapolationGrade, flag, plot_gamma
     from oed.io import read_structures
 
+    if plot is not None:
+        check_output_file(plot, what="--plot")
     train_frames = read_structures(train, what="training set")
     sets = {Path(p).stem: read_structures(p, what="candidate file") for p in candidates}
     if len(sets) != len(candidates):
@@ -332,9 +290,9 @@ def domain(
             "n": int(len(g)),
             "median": float(np.median(g)),
             "max": float(np.max(g)),
-            "fraction_extrapolating": float(np.mean(g > 1.0)),
-            "fraction_above_warn": float(np.mean(g > GAMMA_WARN)),
-            "fraction_above_stop": float(np.mean(g > GAMMA_STOP)),
+            "fraction_extrapolating": float(np.mean(flag(g))),
+            "fraction_above_warn": float(np.mean(flag(g, GAMMA_WARN))),
+            "fraction_above_stop": float(np.mean(flag(g, GAMMA_STOP))),
         }
         for name, g in gammas.items()
     }
@@ -344,7 +302,7 @@ def domain(
         payload = {
             "train": str(train),
             "gamma": [_finite(x) for g in gammas.values() for x in g],
-            "extrapolating": [bool(x > 1.0) for g in gammas.values() for x in g],
+            "extrapolating": [bool(x) for g in gammas.values() for x in flag(g)],
             "sets": {name: {**summary[name], "gamma": [_finite(x) for x in g]} for name, g in gammas.items()},
         }
         sys.stdout.write(json.dumps(payload) + "\n")
@@ -366,82 +324,6 @@ def _finite(x: float):
     return float(x) if np.isfinite(x) else None
 
 
-def _results_table(results: list[dict], title: str) -> Table:
-    """One row per round and test set: narrow enough for an 80-column terminal."""
-    table = Table(title=title)
-    for name, justify in (("round", "right"), ("labels", "right"), ("test set", "left"),
-                          ("E-MAE\nmeV/atom", "right"), ("E-RMSE\nmeV/atom", "right"),
-                          ("F-MAE\nmeV/Å", "right"), ("F-RMSE\nmeV/Å", "right")):
-        table.add_column(name, justify=justify)
-
-    def cell(e: dict, key: str, fmt: str) -> str:
-        return format(e[key], fmt) if key in e else "–"
-
-    for r in results:
-        names = sorted(r["errors"])
-        for j, name in enumerate(names):
-            e = r["errors"][name]
-            table.add_row(str(r["round"]) if j == 0 else "", str(r["n_labelled"]) if j == 0 else "", name,
-                          cell(e, "energy_mae", ".2f"), cell(e, "energy_rmse", ".2f"),
-                          cell(e, "force_mae", ".1f"), cell(e, "force_rmse", ".1f"),
-                          end_section=j == len(names) - 1)
-    return table
-
-
-def _log(message: str) -> None:
-    err.print(message, highlight=False, soft_wrap=True)
-
-
-def _run_loop(config, scheduler: Optional[str] = None) -> list[dict]:
-    from loops.loop import run_loop
-
-    from loops.parallel import dask_client
-
-    t0 = time.perf_counter()
-    with dask_client(scheduler) as client:
-        results = run_loop(config, log=_log, client=client)
-    out.print(_results_table(results, f"{config.strategy} @ {config.oracle_spec}: errors per round"))
-    out.print(f"results: {Path(config.out) / 'results.json'}", soft_wrap=True)
-    out.print(f"learning curve: {Path(config.out) / 'learning_curve.png'}", soft_wrap=True)
-    out.print(f"wall time: {time.perf_counter() - t0:.0f} s")
-    return results
-
-
-@loop_app.command("run")
-@_clean_errors
-def loop_run(
-    pool: Annotated[Path, typer.Option(help="Candidate configurations (extxyz).")],
-    test: Annotated[list[Path], typer.Option(help="Test file (repeat for several).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (rerun to resume).")],
-    init: Annotated[int, typer.Option(help="Size of the initial design.")] = 10,
-    batch: Annotated[int, typer.Option(help="Configurations picked per round.")] = 10,
-    rounds: Annotated[int, typer.Option(help="Rounds after the initial design.")] = 3,
-    strategy: Annotated[str, typer.Option(help="Selection strategy for the rounds.")] = "d-optimal",
-    init_strategy: Annotated[Optional[str], typer.Option(help="Strategy of the initial design (default: --strategy).")] = None,
-    method: Annotated[str, typer.Option(help="Level of theory, xc/basis (PySCF, the default oracle).")] = "pbe/def2-svp",
-    oracle: Annotated[Optional[str], typer.Option(help="Labels from: pyscf:xc/basis, xtb:gfn2-xtb, 'ase:MODULE:CLASS[:JSON]', or pool (replay the pool's labels). Default: pyscf at --method.")] = None,
-    model: Annotated[str, typer.Option(help="Model fitted each round: gap or mace.")] = "gap",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    workers: Annotated[Optional[int], typer.Option(help="Labelling processes (default: one per core).")] = None,
-    e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz); default: computed by the oracle.")] = None,
-    test_limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N configurations per test file.")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: label on a Dask cluster.")] = None,
-) -> None:
-    """Run or resume an active-learning loop: select → label → fit → score, round after round.
-
-    Labels come from PySCF at --method unless --oracle names another source; each is
-    committed to DIR/labels.db the moment it exists, so rerunning the same command resumes
-    (nothing is labelled twice) and a larger --rounds extends the run.
-    """
-    from loops.loop import LoopConfig
-
-    config = LoopConfig(pool=pool, tests=tuple(test), out=out_dir, n_init=init, batch_size=batch,
-                        n_rounds=rounds, strategy=strategy, init_strategy=init_strategy, method=method,
-                        oracle=oracle, model=model, seed=seed, workers=_parse_workers(workers), e0s_file=e0s,
-                        test_limit=test_limit)
-    _run_loop(config, scheduler)
-
-
 def _bundled(name: str) -> Path:
     """Absolute path of a bundled data file (package ``oed_data``, found with importlib.resources)."""
     try:
@@ -452,33 +334,6 @@ def _bundled(name: str) -> Path:
         raise InputError("the bundled data (package oed_data) is not installed: reinstall oed "
                          "(pip install . or pip install -e .)") from None
     return oed_data.path(name)
-
-
-@app.command()
-@_clean_errors
-def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("demo_run"),
-    strategy: Annotated[str, typer.Option(help="Selection strategy.")] = "d-optimal",
-) -> None:
-    """Active learning on the bundled ethanol data at pbe/def2-svp (about 10 minutes on 2 cores).
-
-    Pool: 1000 rMD17 ethanol configurations (their labels are ignored and
-    recomputed with PySCF). Initial design of 20, then 4 rounds of 20
-    picked with the information matrix conditioned on the labels so far; GAP refitted each round; errors on 200 configurations of test_MD (in
-    distribution) and on the normal-mode and H-removal sets (out of distribution).
-    The files are the installed bundled data (`oed data` lists them), so the demo runs from any directory.
-    """
-    from loops.loop import LoopConfig
-
-    tests = tuple(_bundled(name) for name in (
-        "ethanol/test_MD.xyz",
-        "ethanol_pyscf/test_norm_mode_874.xyz",
-        "ethanol_pyscf/test_norm_mode_3005.xyz",
-        "ethanol/test_H_removal.xyz",
-    ))
-    config = LoopConfig(pool=_bundled("ethanol/train.xyz"), tests=tests, out=out_dir, n_init=20, batch_size=20,
-                        n_rounds=4, strategy=strategy, method="pbe/def2-svp", seed=0, test_limit=200)
-    _run_loop(config)
 
 
 @app.command("data")
@@ -508,69 +363,39 @@ def data_(
     typer.echo('\nOne path only: oed data NAME, e.g. oed rank "$(oed data ethanol/train.xyz)" --budget 10')
 
 
-def _csv_list(text: str, what: str, cast=str) -> tuple:
-    from oed.errors import InputError
-
-    try:
-        items = tuple(cast(x.strip()) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InputError(f"{what} must be a comma-separated list, got {text!r}") from None
-    if not items:
-        raise InputError(f"{what} is empty")
-    return items
-
-
-@app.command()
-@_clean_errors
-def compare(
-    pool: Annotated[Path, typer.Option(help="Labelled candidate configurations (extxyz): the replay oracle.")],
-    test: Annotated[list[Path], typer.Option(help="Test file (repeat for several): ID and OOD sets.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (rerun to resume or extend).")],
-    strategies: Annotated[str, typer.Option(help="Comma-separated strategies (selectors, or gap-variance in sequential mode).")] = "random,fps,cur,kmeans,d-optimal,i-optimal",
-    budgets: Annotated[str, typer.Option(help="Comma-separated training-set sizes.")] = "25,50,100,200",
-    seeds: Annotated[int, typer.Option(help="Number of seeds (0 … N−1).")] = 5,
-    model: Annotated[str, typer.Option("--model", "--train-with", help="Model trained and scored: gap or mace.")] = "gap",
-    select_with: Annotated[str, typer.Option(help="Selection feature space: soap, gap-kernel, or mace (sequential).")] = "soap",
-    features: Annotated[str, typer.Option(help="Information rows: energy, or energy + 3N forces.")] = "energy",
-    mode: Annotated[str, typer.Option(help="oneshot (rank once) or sequential (rounds with refits).")] = "oneshot",
-    oracle: Annotated[str, typer.Option(help="pool (replay the pool's labels), or live: pyscf:xc/basis, xtb:gfn2-xtb, 'ase:MODULE:CLASS[:JSON]'.")] = "pool",
-    pool_fraction: Annotated[float, typer.Option(help="Fraction of the pool each seed draws as candidates (shared by all strategies).")] = 0.8,
-    target: Annotated[Optional[Path], typer.Option(help="Target configurations for i-optimal / info-gain (default: the candidates).")] = None,
-    e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz of single atoms).")] = None,
-    test_limit: Annotated[Optional[int], typer.Option(help="Score at most N configurations per test file.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Parallel cells (default: one per core).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: run cells on a Dask cluster.")] = None,
-    keep_models: Annotated[bool, typer.Option("--keep-models", help="Keep every fitted model's files.")] = False,
-) -> None:
-    """Compare selection strategies: strategies × seeds × budgets, errors in and out of distribution.
-
-    Writes results.csv (strategy, seed, budget, test_set, metric, value), summary.md (mean ± 95%
-    CI, label efficiency against random and FPS, AULC) and learning_curve_<test set>.png.
-    Finished cells are kept: a rerun only does what is missing.
-    """
-    from loops.compare import CompareConfig, run_compare
-
-    config = CompareConfig(
-        pool=pool, tests=tuple(test), out=out_dir, strategies=_csv_list(strategies, "--strategies"),
-        budgets=_csv_list(budgets, "--budgets", int), n_seeds=seeds, model=model, select_with=select_with,
-        features=features, mode=mode, oracle=oracle, pool_fraction=pool_fraction, target=target, e0s_file=e0s,
-        test_limit=test_limit, workers=_parse_workers(workers), keep_models=keep_models,
-    )
-    from loops.parallel import dask_client
-
-    t0 = time.perf_counter()
-    with dask_client(scheduler) as client:
-        run_compare(config, log=_log, client=client)
-    from rich.markdown import Markdown
-
-    out.print(Markdown((Path(out_dir) / "summary.md").read_text()))
-    out.print(f"results: {Path(out_dir) / 'results.csv'}", soft_wrap=True)
-    out.print(f"wall time: {time.perf_counter() - t0:.0f} s")
+# The commands that touch the world (label, loop run, demo, compare) live in loops/cli_runs.py.
+from loops import cli_runs  # noqa: E402,F401  (registers them on ``app``)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    SIGTERM and SIGINT end the child processes (labelling workers, ``gap_fit``) and exit with
+    128 + the signal number and one line; what was committed stays, and the same command resumes.
+    A Python warning is one line, not a source listing.
+    """
+    import signal
+    import warnings
+
+    from loops import interrupt
+
+    warnings.showwarning = _one_line_warning
+    with interrupt.handling_signals():
+        try:
+            app()
+        except BaseException as exc:
+            signum = interrupt.received()
+            if signum is None or isinstance(exc, SystemExit) and exc.code == 0:
+                raise
+            interrupt.end_children()
+            name = signal.Signals(signum).name
+            err.print(f"[bold red]stopped by {name}[/]: child processes ended; what was committed is kept — "
+                      "rerun the same command to resume", highlight=False)
+            raise SystemExit(128 + signum) from None
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,8 @@ from loops.campaign import Campaign, ModelRef, test_sets
 from loops.cells import collect_rows, run_cell_in_worker
 from loops.oracles import LabelBook, ReplayOracle, bare, make_oracle, parse_oracle, resolve_e0s
 from loops.parallel import Executor
-from loops.rundir import check_settings
+from loops.rundir import check_run_dir, check_settings, run_lock
+from loops.settings import fingerprint_fields
 from loops.strategies import (
     Features,
     RandomStrategy,
@@ -209,19 +210,18 @@ class CompareConfig:
     def feature_spec(self, strategy: StrategySpec) -> FeatureSpec | None:
         """Feature map of a strategy (``None``: MACE descriptors or GAP variance, made per round).
 
-        ``gap-kernel`` features use the GAP's own SOAP (quippy, the same settings, radially
-        diagonal when the GAP is) and ζ, so selection works in the model's feature space; with
-        another model, the GAP defaults'.
+        ``gap-kernel`` features are the ones the GAP itself owns
+        (:meth:`loops.gap.GAPModel.feature_spec`: its SOAP, ζ, sparse method and sparse-point
+        counts, rows scaled by its expected errors), so selection works in the model's feature
+        space; with another model, those of a GAP with default settings.
         """
         if strategy.model is not None:
             return None
         if strategy.space == "gap-kernel":
-            from loops.gap import GAPSettings
+            from loops.models import make_model
 
-            g = self.settings() if self.model == "gap" else GAPSettings()
-            return FeatureSpec(kind="gap-kernel", backend="quippy", forces=strategy.forces, r_cut=g.cutoff,
-                               n_max=g.n_max, l_max=g.l_max, sigma=g.atom_sigma,
-                               diagonal_radial=g.diagonal_radial, zeta=g.zeta)
+            gap = make_model("gap", self.settings() if self.model == "gap" else None)
+            return gap.feature_spec(strategy.forces)
         return FeatureSpec(kind=strategy.space, forces=strategy.forces)
 
     def fingerprint(self, pool_digest: str, target_digest: str | None) -> dict:
@@ -230,7 +230,7 @@ class CompareConfig:
             "pool": pool_digest,
             "tests": sorted(Path(p).stem for p in self.tests),
             "model": self.model,
-            "model_settings": asdict(self.settings()),
+            "model_settings": fingerprint_fields(self.settings()),
             "select_with": self.select_with,
             "features": self.features,
             "mode": self.mode,
@@ -278,29 +278,38 @@ def run_compare(config: CompareConfig, *, log: Log = print, progress: bool = Tru
     RunMismatchError
         ``config.out`` holds a comparison with other settings.
     """
-    from loops.report import plot_learning_curves, render_summary, write_results
-
     config.validate()
+    out = check_run_dir(Path(config.out))
     frames = read_structures(config.pool, what="pool")
     budgets = tuple(sorted(int(b) for b in config.budgets))
-    n_cand = len(candidates(eligible(frames), 0, config.pool_fraction))
+    allowed = eligible(frames, log=log)
+    n_cand = len(candidates(allowed, 0, config.pool_fraction))
     if budgets[-1] > n_cand:
         raise InputError(f"largest budget {budgets[-1]} exceeds the {n_cand} candidates per seed "
                          f"({config.pool_fraction:g} of a pool of {len(frames)})")
     species = sorted({s for a in frames for s in a.get_chemical_symbols()})
-    tests = test_sets(config.tests, config.test_limit, species)
     target_frames = read_structures(config.target, what="target set") if config.target else []
     executor = Executor(workers=config.workers, client=client, progress=progress)
     oracle = make_oracle(config.oracle, pool=frames, executor=executor)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, what="comparison", fingerprint=config.fingerprint(
-        pool_hash(frames), pool_hash(target_frames) if target_frames else None))
+    tests = test_sets(config.tests, config.test_limit, species, level_of_theory=oracle.name, log=log)
+    if hasattr(oracle, "check"):
+        oracle.check(frames)  # set-up errors (an element the basis lacks) before anything is written
+    with run_lock(out):
+        return _run(config, out, frames, allowed, budgets, species, target_frames, oracle, tests, executor,
+                    log, progress)
+
+
+def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, tests, executor, log,
+         progress) -> list[dict]:
+    from loops.report import plot_learning_curves, render_summary, write_results
 
     live = not isinstance(oracle, ReplayOracle)
+    e0s = resolve_e0s(oracle, species, e0s_file=config.e0s_file, cache=out / "e0s.json", log=log)
+    # the settings are recorded only once everything that can fail before the run has passed
+    check_settings(out, what="comparison", fingerprint=config.fingerprint(
+        pool_hash(frames), pool_hash(target_frames) if target_frames else None))
     pool = [bare(a, i) for i, a in enumerate(frames)]
     book = LabelBook(oracle, out / "labels.db" if live else None, pool)
-    e0s = resolve_e0s(oracle, species, e0s_file=config.e0s_file, cache=out / "e0s.json", log=log)
     features = Features(pool, target=[bare(a, i) for i, a in enumerate(target_frames)], cache_dir=out / "cache",
                         progress=progress)
     campaigns = []
@@ -308,7 +317,7 @@ def run_compare(config: CompareConfig, *, log: Log = print, progress: bool = Tru
         fspec = config.feature_spec(spec)
         for seed in config.seeds:
             campaigns.append(Campaign(
-                out=out, label=spec.label, seed=seed, allowed=candidates(eligible(frames), seed, config.pool_fraction),
+                out=out, label=spec.label, seed=seed, allowed=candidates(allowed, seed, config.pool_fraction),
                 strategy=make_strategy(spec, fspec, reg=config.reg), book=book,
                 model=ModelRef(config.model, config.settings(), seed=seed), e0s=e0s, tests=tests,
                 schedule=budgets, features=features, ahead=config.mode == "oneshot",

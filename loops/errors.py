@@ -32,3 +32,7 @@ class ModelFitError(LoopError, RuntimeError):
 
 class RunMismatchError(LoopError, InputError):
     """A run directory holds a run with other settings than the ones asked for."""
+
+
+class RunLockedError(LoopError):
+    """Another process is running in the same run directory."""

@@ -30,7 +30,8 @@ from loops.gap import GAPSettings
 from loops.models import model_class
 from loops.oracles import LabelBook, ReplayOracle, bare, make_oracle, parse_oracle, resolve_e0s
 from loops.parallel import Executor
-from loops.rundir import check_settings
+from loops.rundir import check_run_dir, check_settings, run_lock
+from loops.settings import fingerprint_fields
 from loops.strategies import Features, SelectorStrategy, eligible
 from oed.design import DEFAULT_REG, FeatureSpec
 from oed.errors import InputError
@@ -155,7 +156,7 @@ class LoopConfig:
             "reg": self.reg,
             "features": asdict(self.features),
             "model": self.model,
-            "model_settings": asdict(self.settings()),
+            "model_settings": fingerprint_fields(self.settings()),
         }
 
     @property
@@ -208,20 +209,28 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
         ``config.out`` holds a run with other settings.
     """
     config.validate()
+    out = check_run_dir(Path(config.out))
     frames = read_structures(config.pool, what="pool")
-    if config.n_init > len(frames):
-        raise InputError(f"n_init={config.n_init} exceeds the pool size {len(frames)}")
+    allowed = eligible(frames, log=log)
+    if config.n_init > len(allowed):
+        raise InputError(f"n_init={config.n_init} exceeds the {len(allowed)} candidates of the pool")
     species = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
-    tests = test_sets(config.tests, config.test_limit, species)
     oracle = make_oracle(config.oracle_spec, pool=frames,
                          executor=Executor(workers=config.workers, client=client, progress=progress))
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, config.fingerprint(pool_hash(frames)))
+    tests = test_sets(config.tests, config.test_limit, species, level_of_theory=oracle.name, log=log)
+    if hasattr(oracle, "check"):
+        oracle.check(frames)  # set-up errors (an element the basis lacks) before anything is written
+    with run_lock(out):
+        return _run(config, out, frames, allowed, species, oracle, tests, log, progress)
+
+
+def _run(config, out, frames, allowed, species, oracle, tests, log, progress) -> list[dict]:
     pool = [bare(a, i) for i, a in enumerate(frames)]
     replay = isinstance(oracle, ReplayOracle)
-    book = LabelBook(oracle, None if replay else out / "labels.db", pool)
     e0s = resolve_e0s(oracle, species, e0s_file=config.e0s_file, cache=out / "e0s.json", log=log)
+    # the settings are recorded only once everything that can fail before the run has passed
+    check_settings(out, config.fingerprint(pool_hash(frames)))
+    book = LabelBook(oracle, None if replay else out / "labels.db", pool)
 
     log(f"{config.features.kind} features of {len(pool)} pool configurations"
         + (" with force rows" if config.features.forces else ""))
@@ -229,7 +238,7 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
     features.get(config.features)
     init = config.init_strategy or config.strategy
     campaign = Campaign(
-        out=out, label=config.strategy, seed=config.seed, allowed=eligible(frames),
+        out=out, label=config.strategy, seed=config.seed, allowed=allowed,
         strategy=SelectorStrategy(config.strategy, config.strategy, config.features, reg=config.reg),
         first=SelectorStrategy(init, init, config.features, reg=config.reg),
         book=book, model=ModelRef(config.model, config.settings()), e0s=e0s, tests=tests,

@@ -163,6 +163,15 @@ class PySCFOracle:
         self.name = f"pyscf:{self.method}"
         self.executor, self.settings = executor, settings
 
+    def check(self, frames: Sequence[Atoms]) -> None:
+        """Raise SetupError, before any SCF, for a configuration these settings cannot label
+        (periodic, a spin that does not fit, an element the basis set lacks)."""
+        from loops.labelers import PySCFLabeler
+
+        checker = PySCFLabeler(method=self.method, **self.settings)
+        for atoms in frames:
+            checker.check_atoms(atoms)
+
     def label(self, frames: Sequence[Atoms], *, on_result=None) -> list[LabelResult]:
         from loops.labelers import label_many
 
@@ -193,6 +202,13 @@ class XTBOracle:
         self.method = _canonical_method(method)
         self.name = f"xtb:{self.method}"
         self.executor, self.settings = executor, settings
+
+    def check(self, frames: Sequence[Atoms]) -> None:
+        """Raise SetupError, before any calculation, for a configuration xTB cannot label."""
+        from loops.xtb import _check_atoms
+
+        for atoms in frames:
+            _check_atoms(atoms, int(self.settings.get("charge", 0)))
 
     def label(self, frames: Sequence[Atoms], *, on_result=None) -> list[LabelResult]:
         from loops.xtb import label_many_xtb
@@ -454,17 +470,51 @@ def e0s_from_file(path: Path, species: Sequence[str]) -> dict[str, float]:
     return {s: e0s[s] for s in species}
 
 
-def resolve_e0s(oracle: Oracle, species: Sequence[str], *, e0s_file: Path | None = None,
-                cache: Path | None = None, log=None) -> dict[str, float]:
-    """E0s from ``e0s_file``, else from the oracle (cached in ``cache``, a JSON file).
+def average_e0s(frames: Sequence[Atoms]) -> dict[str, float]:
+    """E0s (eV) fitted by least squares to the reference energies of ``frames``.
+
+    Solves E(A) ≈ Σ_s n_s(A) E0_s for the element counts n_s — mace-torch's ``E0s="average"``.
+    Where the compositions do not determine every E0 (a pool of one molecule), the
+    minimum-norm solution is taken: the model then learns the rest of the energy.
 
     Raises
     ------
     InputError
-        The file or the replayed pool lacks an element.
+        No configuration with a reference energy.
+    """
+    labelled = [a for a in frames if reference_energy(a) is not None]
+    if not labelled:
+        raise InputError("no reference energies to fit E0s to")
+    species = sorted({s for a in labelled for s in a.get_chemical_symbols()})
+    counts = np.array([[a.get_chemical_symbols().count(s) for s in species] for a in labelled], dtype=float)
+    energies = np.array([reference_energy(a) for a in labelled], dtype=float)
+    e0, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return {s: float(v) for s, v in zip(species, e0)}
+
+
+def resolve_e0s(oracle: Oracle, species: Sequence[str], *, e0s_file: Path | None = None,
+                cache: Path | None = None, log=None) -> dict[str, float] | None:
+    """E0s from ``e0s_file``, else from the oracle (cached in ``cache``, a JSON file).
+
+    A replayed pool without isolated atoms gives ``None``: each training set then gets E0s
+    fitted to its own labels (:func:`average_e0s`) — never to labels nobody picked — and
+    ``log`` says so in one line.
+
+    Raises
+    ------
+    InputError
+        The file lacks an element.
     """
     if e0s_file is not None:
         return e0s_from_file(Path(e0s_file), species)
+    if isinstance(oracle, ReplayOracle):
+        try:
+            return oracle.e0s(species)
+        except InputError:
+            if log is not None:
+                log("no isolated atoms in the pool: E0s are fitted by least squares to each training set "
+                    "(as mace-torch's E0s='average'); give --e0s FILE for isolated-atom energies")
+            return None
     from loops.rundir import read_json
     from oed.io import atomic_write_text
 
@@ -473,9 +523,9 @@ def resolve_e0s(oracle: Oracle, species: Sequence[str], *, e0s_file: Path | None
         known = {"oracle": oracle.name, "e0s": {}}
     missing = [s for s in species if s not in known["e0s"]]
     if missing:
-        if log is not None and not isinstance(oracle, ReplayOracle):
+        if log is not None:
             log(f"isolated-atom energies (E0s) for {', '.join(missing)} with {oracle.name}")
         known["e0s"].update(oracle.e0s(missing))
-        if cache is not None and not isinstance(oracle, ReplayOracle):
+        if cache is not None:
             atomic_write_text(cache, json.dumps(known, indent=2))
     return {s: float(known["e0s"][s]) for s in species}

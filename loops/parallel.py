@@ -164,7 +164,10 @@ class Executor:
     def _processes(self, fn, chunks, workers: int, threads: int, collect) -> None:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        from loops.interrupt import ignore_sigint
+
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=ignore_sigint)
         try:
             futures = [pool.submit(_call_chunk, fn, threads, part) for part in chunks]
             for future in as_completed(futures):

@@ -7,11 +7,84 @@ other settings is refused rather than mixed into the old results.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from pathlib import Path
 
-from loops.errors import RunMismatchError
+from loops.errors import RunLockedError, RunMismatchError
+from oed.errors import InputError
 from oed.io import atomic_write_text
+
+#: The advisory lock a run holds on its directory for its whole life.
+LOCK_NAME = ".oed.lock"
+
+
+def check_output_file(path: Path, *, what: str = "output file", force: bool = True) -> Path:
+    """Check, before any work, that ``path`` can be written as a file.
+
+    Raises
+    ------
+    InputError
+        ``path`` is a folder, a parent of it is a file, or (``force`` False) it exists already.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder: give a file name")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"cannot write {what} {path}: {parent} is a file, not a folder")
+    if path.exists() and not force:
+        raise InputError(f"{what} {path} exists: give --force to overwrite it, or another name")
+    return path
+
+
+def check_run_dir(path: Path) -> Path:
+    """Check, before any work, that ``path`` is (or can become) a run directory.
+
+    Raises
+    ------
+    InputError
+        ``path`` is a file, or a parent of it is a file.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"run directory {path} is a file: give a folder (it is created when missing)")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"cannot create run directory {path}: {parent} is a file, not a folder")
+    return path
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold an advisory lock on run directory ``out`` (created when missing) for a run's life.
+
+    A second run on the same directory would label and fit everything twice; it is refused
+    with the holder's PID. The lock (``fcntl.flock``) dies with its process, so a killed run
+    leaves nothing that blocks the rerun.
+
+    Raises
+    ------
+    RunLockedError
+        Another live process holds the lock.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLockedError(f"{out} is in use by another oed run (PID {holder}); wait for it to finish, "
+                                 "or stop it, then rerun to resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_json(path: Path, default):

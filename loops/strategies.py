@@ -30,7 +30,7 @@ from oed.io import reference_energy
 from oed.selectors import selector_class
 
 __all__ = ["Features", "FixedStrategy", "ModelSpaceStrategy", "RandomStrategy", "RoundContext", "SelectorStrategy",
-           "StrategySpec", "VarianceStrategy", "candidates", "eligible", "make_strategy", "parse_strategy"]
+           "StrategySpec", "VarianceStrategy", "candidates", "eligible", "make_strategy", "parse_strategy", "select"]
 
 #: Feature spaces a strategy may name after "@": space -> (feature map, force rows).
 SPACES = {
@@ -87,9 +87,28 @@ def parse_strategy(text: str, *, select_with: str = "soap", features: str = "ene
     return StrategySpec(label=text, name=name, space=kind, forces=forces)
 
 
-def eligible(frames: Sequence[Atoms]) -> np.ndarray:
-    """Pool indices that are candidates: every configuration but isolated atoms (E0 references)."""
-    return np.array([i for i, a in enumerate(frames) if len(a) > 1], dtype=int)
+def eligible(frames: Sequence[Atoms], *, log=None) -> np.ndarray:
+    """Pool indices that are candidates: every configuration but isolated atoms (E0 references)
+    and repeats (a structure hash seen earlier in the pool: picking it again would buy nothing).
+
+    ``log`` gets one line with the number of repeats left out, when there are any.
+    """
+    from oed.io import structure_hash
+
+    seen: set[str] = set()
+    keep, repeats = [], 0
+    for i, atoms in enumerate(frames):
+        if len(atoms) < 2:
+            continue
+        key = structure_hash(atoms)
+        if key in seen:
+            repeats += 1
+            continue
+        seen.add(key)
+        keep.append(i)
+    if repeats and log is not None:
+        log(f"warning: the pool repeats {repeats} configuration(s); each is a candidate once")
+    return np.array(keep, dtype=int)
 
 
 def candidates(allowed: Sequence[int], seed: int, fraction: float) -> np.ndarray:
@@ -165,8 +184,12 @@ class RoundContext:
     model: Any = None
 
 
-def _fit_and_map(name: str, k: int, X: DesignBlocks, cand: np.ndarray, labelled: Sequence[int], *,
-                 seed: int, reg: float, X_target=None, y_train=None) -> list[int]:
+def select(name: str, k: int, X: DesignBlocks, cand: np.ndarray, labelled: Sequence[int] = (), *,
+           seed: int, reg: float = DEFAULT_REG, X_target=None, y_train=None) -> list[int]:
+    """Pick ``k`` pool indices from ``cand`` with selector ``name``, conditioned on ``labelled``.
+
+    ``X`` holds the design blocks of the whole pool; returns pool indices in pick order.
+    """
     selector = fit_selector(name, min(k, len(cand)), X.subset(cand),
                             X_train=X.subset(list(labelled)) if len(labelled) else None,
                             seed=seed, reg=reg, X_target=X_target, y_train=y_train)
@@ -204,7 +227,7 @@ class SelectorStrategy:
         if labelled and cls.uses_labels:
             y = per_atom_energies([ctx.labels[i] for i in labelled], ctx.e0s)
         target = X_target if (self.use_target and X_target is not None and cls.uses_target) else None
-        return _fit_and_map(self.name, k, X, cand, labelled, seed=ctx.seed, reg=self.reg, X_target=target, y_train=y)
+        return select(self.name, k, X, cand, labelled, seed=ctx.seed, reg=self.reg, X_target=target, y_train=y)
 
 
 @dataclass(frozen=True)
@@ -276,7 +299,7 @@ class ModelSpaceStrategy:
 
     def select(self, k: int, cand: np.ndarray, labelled: Sequence[int], ctx: RoundContext) -> list[int]:
         X = mace_features(ctx.model, ctx.pool)
-        return _fit_and_map(self.name, k, X, cand, labelled, seed=ctx.seed, reg=self.reg)
+        return select(self.name, k, X, cand, labelled, seed=ctx.seed, reg=self.reg)
 
 
 def make_strategy(spec: StrategySpec, feature_spec: FeatureSpec | None, *, reg: float = DEFAULT_REG):

@@ -245,6 +245,32 @@ class Ranking:
     strategy: str
 
 
+def _distinct(pool: Sequence[Atoms], train: Sequence[Atoms]) -> np.ndarray:
+    """Indices of ``pool`` that are neither an earlier pool entry again nor in ``train``."""
+    import warnings
+
+    from oed.io import structure_hash
+
+    trained = {structure_hash(a) for a in train}
+    seen: set[str] = set()
+    keep, repeats, known = [], 0, 0
+    for i, atoms in enumerate(pool):
+        key = structure_hash(atoms)
+        if key in trained:
+            known += 1
+        elif key in seen:
+            repeats += 1
+        else:
+            seen.add(key)
+            keep.append(i)
+    if repeats or known:
+        parts = [f"repeats {repeats} configuration(s)" if repeats else "",
+                 f"holds {known} configuration(s) of the training set" if known else ""]
+        warnings.warn(f"the pool {' and '.join(p for p in parts if p)}: a repeat is a candidate once, "
+                      "a training configuration not at all", stacklevel=3)
+    return np.array(keep, dtype=int)
+
+
 def rank_pool(
     pool: Sequence[Atoms],
     budget: int,
@@ -260,6 +286,10 @@ def rank_pool(
 ) -> Ranking:
     """Pick ``budget`` configurations of ``pool`` with the named strategy.
 
+    A configuration repeated in the pool (same structure hash), or already in ``train``, is
+    a candidate once or not at all — a repeat buys no information — with a warning that
+    counts them; indices stay those of ``pool``.
+
     Raises
     ------
     InputError
@@ -268,9 +298,11 @@ def rank_pool(
     """
     X, X_train, X_target = design_features(pool, spec, train=train, target=target, cache_dir=cache_dir,
                                            progress=progress)
-    selector = fit_selector(strategy, budget, X, X_train=X_train, X_target=X_target,
-                            y_train=train_energies(train) if len(train) else None, seed=seed, reg=reg)
-    idx = np.asarray(selector.selected_idx_, dtype=int)
+    cand = _distinct(pool, train)
+    selector = fit_selector(strategy, budget, X if len(cand) == len(pool) else X.subset(cand), X_train=X_train,
+                            X_target=X_target, y_train=train_energies(train) if len(train) else None,
+                            seed=seed, reg=reg)
+    idx = cand[np.asarray(selector.selected_idx_, dtype=int)]
     picked = X.subset(idx).rows
     return Ranking(
         selected=idx,

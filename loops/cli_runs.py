@@ -1,0 +1,233 @@
+"""The ``oed`` commands that label, fit and run campaigns: label, loop run, demo, compare.
+
+Registered on :data:`loops.cli.app`; each parses its options, builds one configuration and
+calls one library function (:mod:`loops.loop`, :mod:`loops.compare`, :mod:`loops.oracles`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from loops.cli import ForceOpt, _bundled, _clean_errors, _parse_workers, app, err, loop_app, out
+from loops.rundir import check_output_file
+
+OracleOpt = Annotated[Optional[str], typer.Option(
+    "--oracle", help="Where labels come from: pyscf:xc/basis, xtb:gfn2-xtb, or any ASE calculator as "
+    "'ase:MODULE:CLASS' with optional JSON keyword arguments, e.g. "
+    "'ase:ase.calculators.lj:LennardJones:{\"sigma\":1.0}'. Default: pyscf at --method.")]
+
+
+def _oracle(spec: Optional[str], method: str, workers: Optional[int], client=None, **pyscf_settings):
+    """The oracle of a command: ``spec`` if given, else PySCF at ``method`` with its settings."""
+    from loops.oracles import PySCFOracle, make_oracle, parse_oracle
+    from loops.parallel import Executor
+
+    executor = Executor(workers=_parse_workers(workers), client=client)
+    if spec is None or parse_oracle(spec)[0] == "pyscf":
+        level = method if spec is None else parse_oracle(spec)[1][0]
+        return PySCFOracle(level, executor=executor, **pyscf_settings)
+    return make_oracle(spec, executor=executor)
+
+
+@app.command()
+@_clean_errors
+def label(
+    inp: Annotated[Path, typer.Argument(metavar="IN.xyz", help="Configurations to label (extxyz).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Labelled extxyz to write.")],
+    method: Annotated[str, typer.Option(help="Level of theory, xc/basis (PySCF).")] = "pbe/def2-svp",
+    oracle: OracleOpt = None,
+    workers: Annotated[Optional[int], typer.Option(help="Parallel processes (default: one per core).")] = None,
+    charge: Annotated[int, typer.Option(help="Total charge (PySCF).")] = 0,
+    spin: Annotated[Optional[int], typer.Option(help="2S (PySCF; default: 0 or 1 by electron count).")] = None,
+    density_fit: Annotated[bool, typer.Option("--density-fit/--no-density-fit", help="Density fitting (PySCF).")] = True,
+    force: ForceOpt = False,
+) -> None:
+    """Label configurations: writes REF_energy (eV) and REF_forces (eV/Å).
+
+    PySCF at --method by default, or any --oracle (xTB, any ASE calculator). The output keeps
+    the input order and info keys. A configuration whose calculation fails (an SCF that does
+    not converge) gets no label: the command reports it and exits 1.
+    """
+    from oed.io import read_structures, write_structures
+
+    check_output_file(output, what="--output", force=force)  # before any label is computed
+    frames = read_structures(inp, what="input file")
+    source = _oracle(oracle, method, workers, charge=charge, spin=spin, density_fit=density_fit)
+    t0 = time.perf_counter()
+    results = source.label(frames)
+    failed = [r for r in results if not r.ok]
+    write_structures(output, [r.atoms for r in results if r.ok])
+    err.print(f"labelled {len(results) - len(failed)} of {len(frames)} configurations with {source.name} "
+              f"in {time.perf_counter() - t0:.1f} s → {output}")
+    for r in failed:
+        err.print(f"[red]configuration {r.index}: {r.error}[/]")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _results_table(results: list[dict], title: str) -> Table:
+    """One row per round and test set: narrow enough for an 80-column terminal."""
+    table = Table(title=title)
+    for name, justify in (("round", "right"), ("labels", "right"), ("test set", "left"),
+                          ("E-MAE\nmeV/atom", "right"), ("E-RMSE\nmeV/atom", "right"),
+                          ("F-MAE\nmeV/Å", "right"), ("F-RMSE\nmeV/Å", "right")):
+        table.add_column(name, justify=justify)
+
+    def cell(e: dict, key: str, fmt: str) -> str:
+        return format(e[key], fmt) if key in e else "–"
+
+    for r in results:
+        names = sorted(r["errors"])
+        for j, name in enumerate(names):
+            e = r["errors"][name]
+            table.add_row(str(r["round"]) if j == 0 else "", str(r["n_labelled"]) if j == 0 else "", name,
+                          cell(e, "energy_mae", ".2f"), cell(e, "energy_rmse", ".2f"),
+                          cell(e, "force_mae", ".1f"), cell(e, "force_rmse", ".1f"),
+                          end_section=j == len(names) - 1)
+    return table
+
+
+def _log(message: str) -> None:
+    err.print(message, highlight=False, soft_wrap=True)
+
+
+def _run_loop(config, scheduler: Optional[str] = None) -> list[dict]:
+    from loops.loop import run_loop
+
+    from loops.parallel import dask_client
+
+    t0 = time.perf_counter()
+    with dask_client(scheduler) as client:
+        results = run_loop(config, log=_log, client=client)
+    out.print(_results_table(results, f"{config.strategy} @ {config.oracle_spec}: errors per round"))
+    out.print(f"results: {Path(config.out) / 'results.json'}", soft_wrap=True)
+    out.print(f"learning curve: {Path(config.out) / 'learning_curve.png'}", soft_wrap=True)
+    out.print(f"wall time: {time.perf_counter() - t0:.0f} s")
+    return results
+
+
+@loop_app.command("run")
+@_clean_errors
+def loop_run(
+    pool: Annotated[Path, typer.Option(help="Candidate configurations (extxyz).")],
+    test: Annotated[list[Path], typer.Option(help="Test file (repeat for several).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (rerun to resume).")],
+    init: Annotated[int, typer.Option(help="Size of the initial design.")] = 10,
+    batch: Annotated[int, typer.Option(help="Configurations picked per round.")] = 10,
+    rounds: Annotated[int, typer.Option(help="Rounds after the initial design.")] = 3,
+    strategy: Annotated[str, typer.Option(help="Selection strategy for the rounds.")] = "d-optimal",
+    init_strategy: Annotated[Optional[str], typer.Option(help="Strategy of the initial design (default: --strategy).")] = None,
+    method: Annotated[str, typer.Option(help="Level of theory, xc/basis (PySCF, the default oracle).")] = "pbe/def2-svp",
+    oracle: Annotated[Optional[str], typer.Option(help="Labels from: pyscf:xc/basis, xtb:gfn2-xtb, 'ase:MODULE:CLASS[:JSON]', or pool (replay the pool's labels). Default: pyscf at --method.")] = None,
+    model: Annotated[str, typer.Option(help="Model fitted each round: gap or mace.")] = "gap",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workers: Annotated[Optional[int], typer.Option(help="Labelling processes (default: one per core).")] = None,
+    e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz); default: computed by the oracle.")] = None,
+    test_limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N configurations per test file.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: label on a Dask cluster.")] = None,
+) -> None:
+    """Run or resume an active-learning loop: select → label → fit → score, round after round.
+
+    Labels come from PySCF at --method unless --oracle names another source; each is
+    committed to DIR/labels.db the moment it exists, so rerunning the same command resumes
+    (nothing is labelled twice) and a larger --rounds extends the run.
+    """
+    from loops.loop import LoopConfig
+
+    config = LoopConfig(pool=pool, tests=tuple(test), out=out_dir, n_init=init, batch_size=batch,
+                        n_rounds=rounds, strategy=strategy, init_strategy=init_strategy, method=method,
+                        oracle=oracle, model=model, seed=seed, workers=_parse_workers(workers), e0s_file=e0s,
+                        test_limit=test_limit)
+    _run_loop(config, scheduler)
+
+
+@app.command()
+@_clean_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("demo_run"),
+    strategy: Annotated[str, typer.Option(help="Selection strategy.")] = "d-optimal",
+) -> None:
+    """Active learning on the bundled ethanol data at pbe/def2-svp (about 10 minutes on 2 cores).
+
+    Pool: 1000 rMD17 ethanol configurations (their labels are ignored and
+    recomputed with PySCF). Initial design of 20, then 4 rounds of 20
+    picked with the information matrix conditioned on the labels so far; GAP refitted each round; errors on 200 configurations of test_MD (in
+    distribution) and on the normal-mode and H-removal sets (out of distribution).
+    The files are the installed bundled data (`oed data` lists them), so the demo runs from any directory.
+    """
+    from loops.loop import LoopConfig
+
+    tests = tuple(_bundled(name) for name in (
+        "ethanol/test_MD.xyz",
+        "ethanol_pyscf/test_norm_mode_874.xyz",
+        "ethanol_pyscf/test_norm_mode_3005.xyz",
+        "ethanol/test_H_removal.xyz",
+    ))
+    config = LoopConfig(pool=_bundled("ethanol/train.xyz"), tests=tests, out=out_dir, n_init=20, batch_size=20,
+                        n_rounds=4, strategy=strategy, method="pbe/def2-svp", seed=0, test_limit=200)
+    _run_loop(config)
+
+
+def _csv_list(text: str, what: str, cast=str) -> tuple:
+    from oed.errors import InputError
+
+    try:
+        items = tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"{what} must be a comma-separated list, got {text!r}") from None
+    if not items:
+        raise InputError(f"{what} is empty")
+    return items
+
+
+@app.command()
+@_clean_errors
+def compare(
+    pool: Annotated[Path, typer.Option(help="Labelled candidate configurations (extxyz): the replay oracle.")],
+    test: Annotated[list[Path], typer.Option(help="Test file (repeat for several): ID and OOD sets.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (rerun to resume or extend).")],
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies (selectors, or gap-variance in sequential mode).")] = "random,fps,cur,kmeans,d-optimal,i-optimal",
+    budgets: Annotated[str, typer.Option(help="Comma-separated training-set sizes.")] = "25,50,100,200",
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0 … N−1).")] = 5,
+    model: Annotated[str, typer.Option("--model", "--train-with", help="Model trained and scored: gap or mace.")] = "gap",
+    select_with: Annotated[str, typer.Option(help="Selection feature space: soap, gap-kernel, or mace (sequential).")] = "soap",
+    features: Annotated[str, typer.Option(help="Information rows: energy, or energy + 3N forces.")] = "energy",
+    mode: Annotated[str, typer.Option(help="oneshot (rank once) or sequential (rounds with refits).")] = "oneshot",
+    oracle: Annotated[str, typer.Option(help="pool (replay the pool's labels), or live: pyscf:xc/basis, xtb:gfn2-xtb, 'ase:MODULE:CLASS[:JSON]'.")] = "pool",
+    pool_fraction: Annotated[float, typer.Option(help="Fraction of the pool each seed draws as candidates (shared by all strategies).")] = 0.8,
+    target: Annotated[Optional[Path], typer.Option(help="Target configurations for i-optimal / info-gain (default: the candidates).")] = None,
+    e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz of single atoms).")] = None,
+    test_limit: Annotated[Optional[int], typer.Option(help="Score at most N configurations per test file.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Parallel cells (default: one per core).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: run cells on a Dask cluster.")] = None,
+    keep_models: Annotated[bool, typer.Option("--keep-models", help="Keep every fitted model's files.")] = False,
+) -> None:
+    """Compare selection strategies: strategies × seeds × budgets, errors in and out of distribution.
+
+    Writes results.csv (strategy, seed, budget, test_set, metric, value), summary.md (mean ± 95%
+    CI, label efficiency against random and FPS, AULC) and learning_curve_<test set>.png.
+    Finished cells are kept: a rerun only does what is missing.
+    """
+    from loops.compare import CompareConfig, run_compare
+
+    config = CompareConfig(
+        pool=pool, tests=tuple(test), out=out_dir, strategies=_csv_list(strategies, "--strategies"),
+        budgets=_csv_list(budgets, "--budgets", int), n_seeds=seeds, model=model, select_with=select_with,
+        features=features, mode=mode, oracle=oracle, pool_fraction=pool_fraction, target=target, e0s_file=e0s,
+        test_limit=test_limit, workers=_parse_workers(workers), keep_models=keep_models,
+    )
+    from loops.parallel import dask_client
+
+    t0 = time.perf_counter()
+    with dask_client(scheduler) as client:
+        run_compare(config, log=_log, client=client)
+    from rich.markdown import Markdown
+
+    out.print(Markdown((Path(out_dir) / "summary.md").read_text()))
+    out.print(f"results: {Path(out_dir) / 'results.csv'}", soft_wrap=True)
+    out.print(f"wall time: {time.perf_counter() - t0:.0f} s")
