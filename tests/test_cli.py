@@ -49,6 +49,7 @@ def test_rank_json_d_optimal_beats_random(small_pool, tmp_path):
     assert res["log_det"] == pytest.approx(log_det_information(X[sel], reg=1.0), rel=1e-9)
 
 
+@pytest.mark.integration  # SOAP of the pool in a subprocess: tens of seconds
 def test_rank_with_train_changes_picks_and_prints_table(small_pool, ethanol_dir, tmp_path):
     from oed.io import write_structures
 
@@ -91,6 +92,7 @@ def test_bad_input_one_clear_error(args, message, small_pool, tmp_path):
     assert not (tmp_path / "out.xyz").exists()
 
 
+@pytest.mark.integration  # SOAP of the pool in a subprocess: tens of seconds
 def test_domain_flags_ood_sets(ethanol_dir, tmp_path):
     from oed.io import write_structures
 
@@ -118,6 +120,7 @@ def test_plan_forecast_json_and_plot(small_pool, tmp_path):
     assert (tmp_path / "fc.png").stat().st_size > 0
 
 
+@pytest.mark.integration  # SOAP of the pool in a subprocess: tens of seconds
 def test_plan_calibrated_force_forecast(small_pool, ethanol_dir, tmp_path):
     from oed.io import write_structures
 
@@ -131,6 +134,7 @@ def test_plan_calibrated_force_forecast(small_pool, ethanol_dir, tmp_path):
     assert len(rmse) == 2 and rmse[1] <= rmse[0] and all(0 < r < 1e5 for r in rmse)
 
 
+@pytest.mark.integration  # SOAP of the pool in a subprocess: tens of seconds
 @pytest.mark.parametrize("extra", [
     ["--features", "forces", "--descriptor", "gap-kernel"],
     ["--strategy", "i-optimal", "--target", "{target}"],

@@ -104,6 +104,7 @@ def test_replay_oracle_refuses_an_unlabelled_pool(tmp_path):
         ReplayOracle(bare)
 
 
+@pytest.mark.integration  # full comparisons with real gap_fit: tens of seconds
 @pytest.mark.parametrize("mode, strategies", [("oneshot", ("d-optimal", "fps", "random")),
                                               ("sequential", ("info-gain", "d-optimal"))])
 def test_unpicked_labels_never_reach_selection_or_training(pool_file, test_file, tmp_path, mode, strategies):
@@ -144,6 +145,7 @@ def oneshot_run(pool_file, test_file, tmp_path_factory):
     return cfg, rows
 
 
+@pytest.mark.integration  # full comparisons with real gap_fit: tens of seconds
 def test_outputs_are_tidy_and_complete(oneshot_run):
     cfg, rows = oneshot_run
     out = Path(cfg.out)
@@ -169,6 +171,7 @@ def test_outputs_are_tidy_and_complete(oneshot_run):
     assert not (out / "models" / "random").exists() or not any((out / "models" / "random").rglob("gap.xml"))
 
 
+@pytest.mark.integration  # full comparisons with real gap_fit: tens of seconds
 def test_seeds_share_candidates_and_picks_are_prefixes(oneshot_run, pool_file):
     cfg, _ = oneshot_run
     out = Path(cfg.out)
@@ -185,6 +188,7 @@ def test_seeds_share_candidates_and_picks_are_prefixes(oneshot_run, pool_file):
     assert set(candidates(eligible(frames), 0, 0.75)) != set(candidates(eligible(frames), 1, 0.75))
 
 
+@pytest.mark.integration  # full comparisons with real gap_fit: tens of seconds
 def test_rerun_does_nothing_and_extension_adds_only_new_cells(oneshot_run):
     cfg, rows = oneshot_run
     out = Path(cfg.out)
@@ -202,12 +206,14 @@ def test_rerun_does_nothing_and_extension_adds_only_new_cells(oneshot_run):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.parent.parent.name != "d-optimal")
 
 
+@pytest.mark.integration  # full comparisons with real gap_fit: tens of seconds
 def test_other_settings_in_the_same_directory_are_refused(oneshot_run):
     cfg, _ = oneshot_run
     with pytest.raises(RunMismatchError, match="pool_fraction"):
         run_compare(CompareConfig(**{**cfg.__dict__, "pool_fraction": 0.5}), progress=False, log=lambda m: None)
 
 
+@pytest.mark.integration  # full comparisons with real gap_fit: tens of seconds
 def test_dask_local_cluster_gives_the_same_cells(oneshot_run, tmp_path):
     from distributed import Client, LocalCluster
 
@@ -224,6 +230,7 @@ def test_dask_local_cluster_gives_the_same_cells(oneshot_run, tmp_path):
 
 
 # -- sequential mode and model-driven selection -------------------------------------------------------------
+@pytest.mark.integration  # full comparisons with real gap_fit: tens of seconds
 def test_sequential_gap_variance_picks_the_most_uncertain(pool_file, test_file, tmp_path):
     from loops.gap import GAPModel
 
@@ -257,6 +264,7 @@ def test_bad_settings_give_one_clear_error(pool_file, test_file, tmp_path, chang
     assert not (tmp_path / "bad" / "cells").exists()
 
 
+@pytest.mark.integration  # full comparisons with real gap_fit: tens of seconds
 def test_cli_compare_runs_and_prints_the_summary(pool_file, tmp_path):
     from typer.testing import CliRunner
 
@@ -297,6 +305,7 @@ def test_test_limit_keeps_every_config_type():
     assert subsample(frames, None) is frames
 
 
+@pytest.mark.integration  # full comparisons with real gap_fit: tens of seconds
 def test_mace_trained_on_picks_made_in_its_own_feature_space(pool_file, test_file, tmp_path):
     """Cross-algorithm harness: MACE scored, selection with MACE descriptors round by round."""
     from loops.mace import MACESettings

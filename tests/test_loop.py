@@ -17,6 +17,9 @@ from loops.gap import GAPSettings
 from loops.loop import LoopConfig, run_loop
 from oed.io import read_structures, write_structures
 
+#: full loops with real PySCF and gap_fit.
+pytestmark = pytest.mark.integration
+
 SMALL_GAP = GAPSettings(n_max=4, l_max=3, n_sparse=20)
 
 

@@ -221,6 +221,7 @@ def test_caller_atoms_untouched(fitted, test_frames):
     assert atoms.calc is calc and atoms.get_potential_energy() == energy
 
 
+@pytest.mark.integration  # a second MACE training
 def test_same_seed_same_predictions(fitted, train, e0s, test_frames, tmp_path):
     again = MACEModel(MACESettings(**TINY)).fit(train, e0s=e0s, workdir=tmp_path)
     assert again.valid_indices_ == fitted.valid_indices_

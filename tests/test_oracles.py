@@ -86,6 +86,7 @@ def test_label_book_commits_each_label_once(files, tmp_path):
     assert again[3].info["REF_energy"] == first[3].info["REF_energy"]
 
 
+@pytest.mark.integration  # a loop and a comparison with real gap_fit
 def test_the_same_oracle_drives_loop_and_compare(files, tmp_path):
     from loops.compare import CompareConfig, run_compare
     from loops.loop import LoopConfig, run_loop
