@@ -26,15 +26,8 @@ extrapolation; warn / collect the structure for labelling above γ = 2–5
 
 References
 ----------
-Podryabinkin & Shapeev, "Active learning of linearly parametrized interatomic
-potentials", Comput. Mater. Sci. 140, 171 (2017),
-doi:10.1016/j.commatsci.2017.08.031.
-Lysogorskiy, Bochkarev, Mrovec & Drautz, "Active learning strategies for
-atomic cluster expansion models", Phys. Rev. Mater. 7, 043801 (2023),
-arXiv:2212.08716.
-Goreinov, Oseledets, Savostyanov, Tyrtyshnikov & Zamarashkin, "How to find a
-good submatrix", in Matrix Methods: Theory, Algorithms and Applications
-(World Scientific, 2010), pp. 247–256, doi:10.1142/9789812836021_0015.
+Podryabinkin & Shapeev, Comput. Mater. Sci. 140, 171 (2017); Lysogorskiy et al., Phys. Rev.
+Mater. 7, 043801 (2023) — full references in :mod:`oed.active_set`.
 """
 
 from __future__ import annotations

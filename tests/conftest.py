@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,22 @@ def ethanol_pool():
     from oed.io import read_structures
 
     return read_structures(ETHANOL / "train.xyz")
+
+
+@pytest.fixture
+def pinned():
+    """Make files impossible to delete (immutable as root, a read-only folder otherwise)."""
+    undo = []
+
+    def pin(path: Path) -> None:
+        if os.geteuid() == 0:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+                pytest.skip("chattr +i is not available here")
+            undo.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=False))
+        else:
+            path.parent.chmod(0o555)
+            undo.append(lambda: path.parent.chmod(0o755))
+
+    yield pin
+    for step in reversed(undo):
+        step()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
@@ -266,25 +264,6 @@ def test_timeout_kills_gap_fit_and_leaves_the_model_unfitted(fitted, train, e0s,
         assert not hasattr(model, attr)
     with pytest.raises(NotFittedError):
         model.predict(train[:1])
-
-
-@pytest.fixture
-def pinned():
-    """Make files impossible to delete (immutable as root, a read-only folder otherwise)."""
-    undo = []
-
-    def pin(path: Path) -> None:
-        if os.geteuid() == 0:
-            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-                pytest.skip("chattr +i is not available here")
-            undo.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=False))
-        else:
-            path.parent.chmod(0o555)
-            undo.append(lambda: path.parent.chmod(0o755))
-
-    yield pin
-    for step in reversed(undo):
-        step()
 
 
 def test_leftover_that_cannot_be_removed_is_named(train, e0s, tmp_path, pinned):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,25 +37,6 @@ PY = sys.executable
 @pytest.fixture(scope="module")
 def frames() -> list[Atoms]:
     return read(DATA / "train.xyz", ":3")
-
-
-@pytest.fixture
-def pinned():
-    """Make files impossible to delete (immutable as root, a read-only folder otherwise)."""
-    undo = []
-
-    def pin(path: Path) -> None:
-        if os.geteuid() == 0:
-            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-                pytest.skip("chattr +i is not available here")
-            undo.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=False))
-        else:
-            path.parent.chmod(0o555)
-            undo.append(lambda: path.parent.chmod(0o755))
-
-    yield pin
-    for step in reversed(undo):
-        step()
 
 
 # -- settings checks -----------------------------------------------------------------------------
