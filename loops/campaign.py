@@ -224,10 +224,12 @@ class Campaign:
         """One-shot: the label-free selection for the largest budget (made once, then read)."""
         return self.select(0, self.selected())
 
-    def run(self) -> list[dict]:
+    def run(self, on_record: Callable[[list[dict]], None] | None = None) -> list[dict]:
         """Run (or resume) every round: select, label, fit, score. Returns the cell records.
 
-        The pool running out of candidates ends the campaign early, with a log line.
+        ``on_record(records)`` is called after each round with the records so far (the loop
+        rewrites its results, labels file and learning curve there). The pool running out of
+        candidates ends the campaign early, with a log line.
         """
         selected = self.selected()
         records, kept = [], None
@@ -242,6 +244,8 @@ class Campaign:
             task = self.task(r, selected)
             if task is None:
                 records.append(read_cell(self.out, self.label, self.seed, budget))
+                if on_record is not None:
+                    on_record(records)
                 continue
             fitted = None
             if reuse and r + 1 < len(self.schedule):
@@ -250,6 +254,8 @@ class Campaign:
                 kept = (budget, fitted)
             records.append(run_cell(task, fitted=fitted))
             self.log(f"{self.label}, seed {self.seed}, k={budget}: " + headline(records[-1]))
+            if on_record is not None:
+                on_record(records)
         return records
 
 

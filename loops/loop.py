@@ -244,21 +244,24 @@ def _run(config, out, frames, allowed, species, oracle, tests, log, progress) ->
         book=book, model=ModelRef(config.model, config.settings()), e0s=e0s, tests=tests,
         schedule=config.schedule(), features=features, test_limit=config.test_limit,
         keep_models=config.keep_models, log=log)
-    records = campaign.run()
-    rounds = campaign.rounds()
-    results = [{
-        "round": r,
-        "n_labelled": rec["n_labelled"],
-        "n_failed": rec["n_failed"],
-        "n_picked": rounds[r] if r < len(rounds) else 0,
-        "strategy": init if r == 0 else config.strategy,
-        "fit_seconds": rec["fit_seconds"],
-        "errors": rec["errors"],
-    } for r, rec in enumerate(records)]
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    write_structures(out / "labelled.xyz", book.labelled() if not replay else
-                     [a for a in book.labels(campaign.selected()).values() if a is not None])
     from loops.plots import plot_learning_curve
 
-    plot_learning_curve(results, out / "learning_curve.png", title=f"{config.strategy}, {oracle.name}")
-    return results
+    def write_outputs(records: list[dict]) -> list[dict]:
+        # after every round, so a long run shows its progress and a killed one keeps it
+        rounds = campaign.rounds()
+        results = [{
+            "round": r,
+            "n_labelled": rec["n_labelled"],
+            "n_failed": rec["n_failed"],
+            "n_picked": rounds[r] if r < len(rounds) else 0,
+            "strategy": init if r == 0 else config.strategy,
+            "fit_seconds": rec["fit_seconds"],
+            "errors": rec["errors"],
+        } for r, rec in enumerate(records)]
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+        write_structures(out / "labelled.xyz", book.labelled() if not replay else
+                         [a for a in book.labels(campaign.selected()).values() if a is not None])
+        plot_learning_curve(results, out / "learning_curve.png", title=f"{config.strategy}, {oracle.name}")
+        return results
+
+    return write_outputs(campaign.run(on_record=write_outputs))
