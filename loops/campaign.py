@@ -326,7 +326,10 @@ def test_sets(paths: Sequence[Path], limit: int | None, species: Sequence[str], 
 
 def _same_level(a: str, b: str) -> bool:
     """``pbe/def2-svp`` equals ``pyscf:pbe/def2-svp``: compare without the back-end prefix."""
-    strip = lambda s: s.lower().split(":", 1)[-1] if s.lower().startswith(("pyscf:", "xtb:")) else s.lower()  # noqa: E731
+    def strip(level: str) -> str:
+        level = level.lower()
+        return level.split(":", 1)[1] if level.startswith(("pyscf:", "xtb:")) else level
+
     return strip(a) == strip(b)
 
 

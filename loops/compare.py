@@ -377,8 +377,6 @@ def _run_oneshot(campaigns: list[Campaign], book: LabelBook, config: CompareConf
     n_all = len(config.strategies) * config.n_seeds * len(config.budgets)
     log(f"{len(tasks)} of {n_all} cells to fit and score ({len(config.strategies)} strategies × "
         f"{config.n_seeds} seeds × {len(config.budgets)} budgets)")
-    for campaign in campaigns:
-        campaign._labels.clear()  # the tasks carry their labels; the campaigns need not travel with them
     executor.map(run_cell_in_worker, tasks, description="cells")
 
 

@@ -302,7 +302,9 @@ class CalculatorOracle:
         SetupError
             The calculator fails on a free atom.
         """
-        results = self.label([Atoms(s) for s in species])
+        # a few free atoms: in this process, not worth starting workers for
+        results = label_with(_label_with_calculator, [Atoms(s) for s in species], self._settings,
+                             "free atoms", Executor(workers=1, progress=False))
         failed = [s for s, r in zip(species, results) if not r.ok]
         if failed:
             raise SetupError(f"{self.name} gives no energy for the free atom(s) {', '.join(failed)}")
