@@ -17,6 +17,7 @@ from ase.md.verlet import VelocityVerlet
 
 from loops.calibration import calibration, committee_calibration, force_errors, plot_calibration
 from loops.committee import MEMBER_FILE, Committee, committee_spread
+from loops.errors import ModelFitError
 from loops.gap import GAPSettings
 from loops.models import Model
 from loops.parallel import Executor
@@ -70,6 +71,8 @@ def test_protocol_and_feature_spec():
     assert committee.feature_spec(True) == committee.members[0].feature_spec(True)
     # member seeds differ: GAP rnd_seed = seed + m + 1
     assert [m.settings.rnd_seed for m in Committee("gap", SMALL, size=3, seed=5).members] == [6, 7, 8]
+    mace = Committee("mace", size=3, seed=2)  # built without importing torch
+    assert [m.settings.seed for m in mace.members] == [2, 3, 4] and mace.feature_spec(False) is None
 
 
 def test_subsets():
@@ -202,3 +205,13 @@ def test_calibration_on_test_md(fitted, test_md, tmp_path):
     assert sum(b["n"] for b in result["bins"]) == 30
     plot_calibration(result["sigma"], result["error"], tmp_path / "cal.png")
     assert (tmp_path / "cal.png").stat().st_size > 1000
+
+
+def test_failed_member_fit_leaves_committee_unfitted(train, e0s, tmp_path):
+    bad = GAPSettings(n_max=4, l_max=3, n_sparse=50, two_body_delta=None, sparse_method="no_such_method")
+    committee = Committee("gap", bad, size=2, executor=Executor(workers=1, progress=False))
+    with pytest.raises(ModelFitError, match="gap_fit"):
+        committee.fit(train[:4], e0s=e0s, workdir=tmp_path)
+    assert not (tmp_path / "member0" / MEMBER_FILE).exists()
+    with pytest.raises(NotFittedError):
+        committee.predict(train[:1])
