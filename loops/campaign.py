@@ -32,6 +32,7 @@ import numpy as np
 
 from loops.cells import CellTask, read_cell, run_cell
 from loops.oracles import LabelBook
+from loops.phases import PhaseJournal
 from loops.rundir import read_json
 from loops.strategies import Features, RoundContext
 from oed.errors import InputError
@@ -56,6 +57,7 @@ class ModelRef:
     name: str
     settings: Any = None
     seed: int | None = None
+    committee: int = 0
 
     def resolved_settings(self):
         from loops.models import model_class
@@ -63,9 +65,15 @@ class ModelRef:
         return self.settings if self.settings is not None else model_class(self.name).settings_class()
 
     def make(self, seed: int | None = None):
+        """A new model; with ``committee`` K ≥ 2 a :class:`~loops.committee.Committee` of K of them."""
         from loops.models import make_model
 
-        return make_model(self.name, self.settings, seed=self.seed if seed is None else seed)
+        seed = self.seed if seed is None else seed
+        if self.committee >= 2:
+            from loops.committee import Committee
+
+            return Committee(self.name, self.settings, size=self.committee, seed=0 if seed is None else seed)
+        return make_model(self.name, self.settings, seed=seed)
 
 
 @dataclass
@@ -120,6 +128,11 @@ class Campaign:
     keep_models: bool = False
     log: Log = _quiet
     _labels: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def journal(self) -> PhaseJournal:
+        """The run's phase journal (``phases.jsonl``), lines tagged with this campaign."""
+        return PhaseJournal(self.out, f"{self.label}/seed{self.seed}")
 
     def __post_init__(self) -> None:
         if not self.schedule or any(b < 1 for b in self.schedule) or list(self.schedule) != sorted(set(self.schedule)):
@@ -179,15 +192,17 @@ class Campaign:
                  f"in {time.perf_counter() - t0:.1f} s")
         return selected
 
-    def task(self, r: int, selected: list[int]) -> CellTask | None:
+    def task(self, r: int, selected: list[int], budget: int | None = None) -> CellTask | None:
         """The cell closing round ``r`` (labels what it needs), or None when it is finished.
+
+        ``budget`` (default ``schedule[r]``) is the number of picks the cell trains on.
 
         Raises
         ------
         InputError
             Every label of the cell failed: nothing to fit.
         """
-        budget = self.schedule[r]
+        budget = self.schedule[r] if budget is None else int(budget)
         picked = selected[:budget]
         if read_cell(self.out, self.label, self.seed, budget, picked) is not None:
             return None
@@ -240,23 +255,147 @@ class Campaign:
                     self.log(f"{self.label}, seed {self.seed}: the pool is exhausted after {len(selected)} picks")
                     break
                 model = None if self.ahead else self._selection_model(r, selected, kept)
-                selected = self.select(r, selected, model)
-            task = self.task(r, selected)
+                with self.journal.phase("select", r) as c:
+                    selected = self.select(r, selected, model)
+                    c["selected"] = len(selected)
+            with self.journal.phase("label", r) as c:
+                task = self.task(r, selected)
+                if task is not None:
+                    c.update(labels=task.budget - task.n_failed, failed=task.n_failed)
             if task is None:
                 records.append(read_cell(self.out, self.label, self.seed, budget))
                 if on_record is not None:
                     on_record(records)
                 continue
             fitted = None
-            if reuse and r + 1 < len(self.schedule):
-                # the trained model also drives the next round's selection: keep it (and its files)
-                fitted = self.model.make().fit(list(task.train), e0s=task.e0s, workdir=task.workdir)
-                kept = (budget, fitted)
-            records.append(run_cell(task, fitted=fitted))
+            with self.journal.phase("fit", r):  # scoring included: run_cell fits and scores
+                if (reuse and r + 1 < len(self.schedule)) or self.model.committee >= 2:
+                    # the trained model also drives the next round's selection: keep it (and its files)
+                    fitted = self.model.make().fit(list(task.train), e0s=task.e0s, workdir=task.workdir)
+                    kept = (budget, fitted)
+                records.append(run_cell(task, fitted=fitted))
             self.log(f"{self.label}, seed {self.seed}, k={budget}: " + headline(records[-1]))
             if on_record is not None:
                 on_record(records)
         return records
+
+
+    # -- exploring rounds ---------------------------------------------------------------------------
+    def _round_model(self, budget: int, selected: list[int]):
+        """The model fitted on the first ``budget`` picks: read from its files, else fitted again."""
+        from loops.models import load_fitted
+
+        workdir = Path(self.out) / "models" / self.label / f"seed{self.seed}" / f"k{budget}"
+        model = None if self.model.committee >= 2 else \
+            load_fitted(self.model.name, self.model.resolved_settings(), workdir)
+        if model is None:  # a committee reads back the members whose files match (Committee.fit)
+            labels = self._labelled(selected[:budget], 0)
+            train = [labels[i] for i in selected[:budget] if labels[i] is not None]
+            model = self.model.make().fit(train, e0s=self._e0s(train), workdir=workdir)
+        return model
+
+    def explore_run(self, source, *, n_rounds: int, batch: int, first: Sequence[int], seeds: Sequence[int] = (),
+                    max_labels: int | None = None, stability=None,
+                    on_record: Callable[[list[dict], dict], None] | None = None) -> tuple[list[dict], dict]:
+        """Run (or resume) rounds whose candidates come from ``source`` (MD exploration).
+
+        Round 0 labels ``first`` (the seed geometries, or an initial design from the pool). Each
+        later round explores with the model of the round before (``source.candidates``), adds
+        the pool's unpicked configurations (``self.allowed``) to the explored candidates, and
+        picks at most ``batch`` of them with the strategy, conditioned on the labelled set.
+
+        Stops after ``n_rounds`` rounds, at ``max_labels`` labels, when a round's exploration is
+        converged (no frame reached ``trust_lo``, no trajectory stopped) or when no candidate is
+        left; ``stop.json`` and the returned dict say which (``reason``, ``round``, ``detail``).
+
+        ``stability(model) -> dict`` (optional) measures MD stability of each round's model;
+        it is stored as ``stability/k<budget>.json`` and in the record's ``md_stability``.
+        ``on_record(records, stop)`` is called after each round.
+        """
+        from loops.explore import stop_counts
+
+        journal = self.journal
+        selected, rounds = self.selected(), self.rounds()
+        records: list[dict] = []
+        model = None
+        stop = {"reason": "rounds", "round": n_rounds, "detail": f"{n_rounds} rounds after round 0 done"}
+        for r in range(n_rounds + 1):
+            explored = source.record(r) if r > 0 else None
+            if r >= len(rounds):
+                if r == 0:
+                    picks = [int(i) for i in first]
+                else:
+                    if max_labels is not None and len(selected) >= max_labels:
+                        stop = {"reason": "budget", "round": r, "detail": f"{len(selected)} labels >= {max_labels}"}
+                        break
+                    model = model or self._round_model(len(selected), selected)
+                    labels = self._labelled(selected, r)
+                    ok = [i for i in selected if labels[i] is not None]
+                    starts = list(dict.fromkeys(list(seeds) + ok))
+                    with journal.phase("explore", r) as c:
+                        cand, explored = source.candidates(r, model, [self.book.frames[i] for i in starts], starts,
+                                                           [labels[i] for i in ok], self.seed + r)
+                        c.update(frames=explored["n_frames"], candidates=explored["n_candidates"],
+                                 stopped=sum(stop_counts(explored).values()))
+                    self.log(f"round {r}: explored {explored['n_frames']} frames in {len(explored['trajectories'])} "
+                             f"trajectories ({explored['seconds']:.0f} s), {explored['n_candidates']} candidates, "
+                             f"stopped: {stop_counts(explored) or 'none'}")
+                    if explored["converged"]:
+                        stop = {"reason": "converged", "round": r,
+                                "detail": f"no frame reached trust_lo={explored['trust_lo']:g} in "
+                                          f"{explored['md_steps']} steps of {explored['timestep_fs']:g} fs at "
+                                          f"{', '.join(f'{t:g}' for t in explored['temperatures'])} K"}
+                        break
+                    cand = np.setdiff1d(np.union1d(cand, self.allowed), selected)
+                    if len(cand) == 0:
+                        stop = {"reason": "no-candidates", "round": r, "detail": "no candidate left to pick"}
+                        break
+                    k = min(batch, len(cand), max_labels - len(selected) if max_labels else batch)
+                    ctx = RoundContext(pool=self.book.frames, labels={i: labels[i] for i in ok},
+                                       e0s=self._e0s([labels[i] for i in ok]), seed=self.seed + r,
+                                       features=self.features, model=model)
+                    with journal.phase("select", r) as c:
+                        picks = [int(i) for i in self.strategy.select(k, cand, ok, ctx)]
+                        c["selected"] = len(picks)
+                selected = selected + picks
+                rounds = rounds + [len(picks)]
+                self._save(selected, rounds)
+            budget = int(sum(rounds[:r + 1]))
+            with journal.phase("label", r) as c:
+                task = self.task(r, selected, budget=budget)
+                if task is not None:
+                    c.update(labels=budget - task.n_failed, failed=task.n_failed)
+            if task is None:
+                record = read_cell(self.out, self.label, self.seed, budget)
+                model = None  # read again (or refitted) only if a later round needs it
+            else:
+                with journal.phase("fit", r):
+                    model = self.model.make().fit(list(task.train), e0s=task.e0s, workdir=task.workdir)
+                with journal.phase("evaluate", r):
+                    record = run_cell(task, fitted=model)
+                self.log(f"round {r}, {budget} labels: " + headline(record))
+            record = dict(record)
+            if explored is not None:
+                record["exploration"] = {k: explored[k] for k in ("n_frames", "n_candidates", "n_above_lo",
+                                                                   "converged", "seconds", "trust_lo", "trust_hi")}
+                record["exploration"]["stopped"] = stop_counts(explored)
+            if stability is not None:
+                path = Path(self.out) / "stability" / f"k{budget}.json"
+                if path.exists():
+                    record["md_stability"] = json.loads(path.read_text())
+                else:
+                    with journal.phase("evaluate", r):
+                        model = model or self._round_model(budget, selected)
+                        record["md_stability"] = stability(model)
+                    atomic_write_text(path, json.dumps(record["md_stability"]))
+            records.append(record)
+            if on_record is not None:
+                on_record(records, stop)
+        atomic_write_text(Path(self.out) / "stop.json", json.dumps(stop))
+        self.log(f"stopped: {stop['reason']} ({stop['detail']})")
+        if on_record is not None:
+            on_record(records, stop)
+        return records, stop
 
 
 def train_on_design(train: Sequence, *, out: Path, label: str, seed: int, model: ModelRef,

@@ -114,9 +114,9 @@ def _run_loop(config, scheduler: Optional[str] = None) -> list[dict]:
 @loop_app.command("run")
 @_clean_errors
 def loop_run(
-    pool: Annotated[Path, typer.Option(help="Candidate configurations (extxyz).")],
     test: Annotated[list[Path], typer.Option(help="Test file (repeat for several).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (rerun to resume).")],
+    pool: Annotated[Optional[Path], typer.Option(help="Candidate configurations (extxyz). Optional with --explore md and --init-from.")] = None,
     init: Annotated[int, typer.Option(help="Size of the initial design.")] = 10,
     batch: Annotated[int, typer.Option(help="Configurations picked per round.")] = 10,
     rounds: Annotated[int, typer.Option(help="Rounds after the initial design.")] = 3,
@@ -130,19 +130,44 @@ def loop_run(
     e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz); default: computed by the oracle.")] = None,
     test_limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N configurations per test file.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: label on a Dask cluster.")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(help="Seed geometries (extxyz), labelled in round 0; needs --explore md.")] = None,
+    explore: Annotated[Optional[str], typer.Option(help="md: each round runs MD with the current model and picks from the frames it finds.")] = None,
+    temperatures: Annotated[str, typer.Option(help="Exploration MD temperatures, K (comma-separated).")] = "300,600",
+    md_steps: Annotated[int, typer.Option(help="Steps per exploration trajectory.")] = 400,
+    timestep: Annotated[float, typer.Option(help="MD time step, fs.")] = 0.5,
+    starts: Annotated[int, typer.Option(help="Trajectories per temperature and round.")] = 4,
+    uncertainty: Annotated[str, typer.Option(help="Per-frame uncertainty: gamma (extrapolation grade), gap-variance (√ mean local GAP variance, eV/atom), committee (force deviation max over atoms, eV/Å; needs --committee).")] = "gamma",
+    trust_lo: Annotated[Optional[float], typer.Option(help="Frames at or above it are candidates (unit of --uncertainty; default per uncertainty: gamma 1.5, gap-variance 0.002, committee 0.05).")] = None,
+    trust_hi: Annotated[Optional[float], typer.Option(help="A trajectory stops at a frame at or above it (default: gamma 10, gap-variance 0.02, committee 0.30).")] = None,
+    max_labels: Annotated[Optional[int], typer.Option(help="Stop an exploring run at this many labels.")] = None,
+    committee: Annotated[int, typer.Option(help="Train a committee of K models each round (seeds and 80 % subsamples); its force deviation is --uncertainty committee (eV/Å). 0: one model.")] = 0,
+    md_stability: Annotated[int, typer.Option(help="After each exploring round, MD steps at 300 K from test geometries to measure stability (0: off).")] = 0,
 ) -> None:
     """Run or resume an active-learning loop: select → label → fit → score, round after round.
 
     Labels come from PySCF at --method unless --oracle names another source; each is
     committed to DIR/labels.db the moment it exists, so rerunning the same command resumes
     (nothing is labelled twice) and a larger --rounds extends the run.
+
+    With --explore md the candidates come from the model itself: round 0 labels the
+    --init-from geometries, and each later round runs Langevin MD with the model of the round
+    before at --temperatures. Every 10th frame is graded by --uncertainty; frames between
+    --trust-lo and --trust-hi are candidates, a trajectory stops at --trust-hi or on a
+    physical failure (broken bond, fragments, atoms colliding, energy blow-up), and
+    --strategy picks at most --batch of the candidates. A round whose MD finds no frame
+    above --trust-lo is converged and ends the run (DIR/stop.json says why it stopped).
     """
+    from loops.explore import ExploreSettings
     from loops.loop import LoopConfig
 
+    exploration = ExploreSettings(temperatures=_csv_list(temperatures, "--temperatures", float), md_steps=md_steps,
+                                  timestep_fs=timestep, starts=starts, uncertainty=uncertainty,
+                                  trust_lo=trust_lo, trust_hi=trust_hi)
     config = LoopConfig(pool=pool, tests=tuple(test), out=out_dir, n_init=init, batch_size=batch,
                         n_rounds=rounds, strategy=strategy, init_strategy=init_strategy, method=method,
                         oracle=oracle, model=model, seed=seed, workers=_parse_workers(workers), e0s_file=e0s,
-                        test_limit=test_limit)
+                        test_limit=test_limit, init_from=init_from, explore=explore, exploration=exploration,
+                        max_labels=max_labels, md_stability_steps=md_stability, committee=committee)
     _run_loop(config, scheduler)
 
 

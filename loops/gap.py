@@ -451,6 +451,11 @@ class GAPModel(SubprocessModel):
         model.potential_file_, model.species_, model.e0s_, model.n_train_ = path, species, e0s, n_train
         return model
 
+    @classmethod
+    def load_dir(cls, workdir: str | os.PathLike, settings: GAPSettings | None = None) -> GAPModel:
+        """:meth:`load` of ``workdir/gap.xml`` (a campaign's round model; raises as :meth:`load`)."""
+        return cls.load(Path(workdir) / POTENTIAL_FILE, settings)
+
     def _new_quippy(self, **kwargs: Any) -> Any:
         """A new ``quippy.potential.Potential`` (an ASE calculator) of the fitted ``gap.xml``."""
         self._check_fitted()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from loops.campaign import Campaign, ModelRef, test_sets
+from loops.explore import ExploreSettings
 from loops.gap import GAPSettings
 from loops.models import model_class
 from loops.oracles import LabelBook, ReplayOracle, bare, make_oracle, parse_oracle, resolve_e0s
@@ -47,8 +48,9 @@ class LoopConfig:
 
     Parameters
     ----------
-    pool : Path
-        Candidate configurations (extxyz); their labels, if any, are ignored.
+    pool : Path or None
+        Candidate configurations (extxyz); their labels, if any, are ignored. Optional with
+        ``explore`` and ``init_from``.
     tests : tuple of Path
         Test sets (extxyz with reference energy and/or forces).
     out : Path
@@ -87,9 +89,25 @@ class LoopConfig:
         Settings of another model than the GAP (``None``: its defaults).
     keep_models : bool
         Keep every round's model files (default: yes, a loop's models are its product).
+    init_from : Path or None
+        Seed geometries (extxyz), labelled in round 0 (instead of an initial design of
+        ``n_init`` from the pool).
+    explore : str or None
+        ``"md"``: each round after the first explores with the current model
+        (:mod:`loops.explore`) and picks from what it found (plus the pool, if given).
+    exploration : ExploreSettings
+        Temperatures, steps, uncertainty and trust levels of the exploration.
+    max_labels : int or None
+        Stop once this many configurations are labelled (exploring runs).
+    committee : int
+        Train a committee of this many models (different seeds and subsamples) each round:
+        its mean predicts, its force deviation is the ``committee`` uncertainty (0: one model).
+    md_stability_steps : int
+        With ``explore``: after each round, this many steps of 300 K MD from test geometries
+        measure the model's MD stability (0: not measured).
     """
 
-    pool: Path
+    pool: Path | None
     tests: tuple[Path, ...]
     out: Path
     n_init: int
@@ -109,6 +127,12 @@ class LoopConfig:
     model: str = "gap"
     model_settings: Any = None
     keep_models: bool = True
+    init_from: Path | None = None
+    explore: str | None = None
+    exploration: ExploreSettings = field(default_factory=ExploreSettings)
+    max_labels: int | None = None
+    md_stability_steps: int = 0
+    committee: int = 0
 
     def validate(self) -> None:
         """Check the settings before any work.
@@ -122,6 +146,22 @@ class LoopConfig:
         for name in ("n_init", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pool is None and (self.init_from is None or self.explore is None):
+            raise InputError("give a pool (--pool), or seed geometries to explore from (--init-from with --explore md)")
+        if self.explore not in (None, "md"):
+            raise InputError(f"unknown exploration {self.explore!r}; the one there is: md")
+        if self.init_from is not None and self.explore is None:
+            raise InputError("--init-from seeds an exploring run: add --explore md")
+        if self.explore is not None:
+            self.exploration.validate()
+        if self.max_labels is not None and self.max_labels < 1:
+            raise InputError(f"max_labels must be >= 1, got {self.max_labels}")
+        if self.committee == 1 or self.committee < 0:
+            raise InputError(f"a committee needs at least 2 models, got --committee {self.committee}")
+        if self.explore is not None and self.exploration.uncertainty == "committee" and self.committee < 2:
+            raise InputError("uncertainty committee needs --committee K (K >= 2 models)")
+        if self.md_stability_steps < 0:
+            raise InputError(f"md_stability_steps must be >= 0, got {self.md_stability_steps}")
         if self.n_rounds < 0:
             raise InputError(f"n_rounds must be >= 0, got {self.n_rounds}")
         if self.workers is not None and self.workers < 1:
@@ -157,6 +197,10 @@ class LoopConfig:
             "features": asdict(self.features),
             "model": self.model,
             "model_settings": fingerprint_fields(self.settings()),
+            **({} if self.explore is None else {"explore": self.explore, "exploration": self.exploration.fingerprint(),
+                                                 "max_labels": self.max_labels,
+                                                 "md_stability_steps": self.md_stability_steps}),
+            **({"committee": self.committee} if self.committee else {}),
         }
 
     @property
@@ -210,9 +254,12 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
     """
     config.validate()
     out = check_run_dir(Path(config.out))
-    frames = read_structures(config.pool, what="pool")
+    seeds = [] if config.init_from is None else read_structures(config.init_from, what="seed geometries")
+    pool_frames = [] if config.pool is None else read_structures(config.pool, what="pool")
+    frames = list(seeds) + list(pool_frames)
     allowed = eligible(frames, log=log)
-    if config.n_init > len(allowed):
+    allowed = allowed[allowed >= len(seeds)]  # the seeds are round 0, not candidates
+    if config.init_from is None and config.n_init > len(allowed):
         raise InputError(f"n_init={config.n_init} exceeds the {len(allowed)} candidates of the pool")
     species = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
     oracle = make_oracle(config.oracle_spec, pool=frames,
@@ -221,6 +268,11 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
     if hasattr(oracle, "check"):
         oracle.check(frames)  # set-up errors (an element the basis lacks) before anything is written
     with run_lock(out):
+        if config.explore is not None:
+            from loops.loop_explore import run_exploring
+
+            return run_exploring(config, out, frames, len(seeds), allowed, species, oracle, tests, log,
+                                 progress, client)
         return _run(config, out, frames, allowed, species, oracle, tests, log, progress)
 
 
@@ -241,7 +293,7 @@ def _run(config, out, frames, allowed, species, oracle, tests, log, progress) ->
         out=out, label=config.strategy, seed=config.seed, allowed=allowed,
         strategy=SelectorStrategy(config.strategy, config.strategy, config.features, reg=config.reg),
         first=SelectorStrategy(init, init, config.features, reg=config.reg),
-        book=book, model=ModelRef(config.model, config.settings()), e0s=e0s, tests=tests,
+        book=book, model=ModelRef(config.model, config.settings(), committee=config.committee), e0s=e0s, tests=tests,
         schedule=config.schedule(), features=features, test_limit=config.test_limit,
         keep_models=config.keep_models, log=log)
     from loops.plots import plot_learning_curve

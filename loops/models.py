@@ -86,6 +86,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -193,3 +194,18 @@ __all__ = [
     "REGISTRY", "Model", "ModelWithVariance", "available", "make_model", "model_class", "species_e0s",
     "training_frame",
 ]
+
+
+def load_fitted(name: str, settings: Any, workdir: str | os.PathLike) -> Model | None:
+    """A model fitted earlier into ``workdir`` (a resumed run), or None where it cannot be read.
+
+    GAP models are read from ``gap.xml``; models without a loader return None (refit them).
+    """
+    cls = model_class(name)
+    loader = getattr(cls, "load_dir", None)
+    if loader is None:
+        return None
+    try:
+        return loader(Path(workdir), settings)
+    except (OSError, ValueError, InputError):
+        return None

@@ -411,6 +411,12 @@ class LabelBook:
         #: called after each committed label (the kill test stops the run there, see below).
         self.after_commit = _kill_after_commits()
 
+    def extend(self, frames: Sequence[Atoms]) -> None:
+        """Append candidates (explored frames): they are addressed by the next indices."""
+        frames = list(frames)
+        self.frames += frames
+        self._keys += [structure_hash(a) for a in frames]
+
     def labels(self, indices: Iterable[int], *, round: int = 0) -> dict[int, Atoms | None]:
         """Labelled copies of ``frames[i]`` (``None`` where the oracle failed), labelling what is new."""
         indices = [int(i) for i in dict.fromkeys(indices)]

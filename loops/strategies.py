@@ -148,6 +148,11 @@ class Features:
         state["_memo"] = {}  # large arrays stay behind; the worker reads the disk cache
         return state
 
+    def extend(self, frames: Sequence[Atoms]) -> None:
+        """Append configurations to the pool (explored frames); features are recomputed when asked."""
+        self.pool = list(self.pool) + list(frames)
+        self._memo.clear()
+
     def get(self, spec: FeatureSpec) -> tuple[DesignBlocks, DesignBlocks | None]:
         """``(X_pool, X_target)`` in ``spec``'s space (``X_target`` None without a target)."""
         if spec not in self._memo:
