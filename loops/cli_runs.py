@@ -96,13 +96,19 @@ def _log(message: str) -> None:
     err.print(message, highlight=False, soft_wrap=True)
 
 
-def _run_loop(config, scheduler: Optional[str] = None) -> list[dict]:
+def _run_loop(config, scheduler: Optional[str] = None, cluster: Optional[dict] = None) -> list[dict]:
     from loops.loop import run_loop
-
     from loops.parallel import dask_client
 
     t0 = time.perf_counter()
-    with dask_client(scheduler) as client:
+    if cluster is not None:
+        from loops.loop_config import cluster_client
+
+        config.validate()  # before any batch job is submitted
+        connect = cluster_client(cluster)
+    else:
+        connect = dask_client(scheduler)
+    with connect as client:
         results = run_loop(config, log=_log, client=client)
     out.print(_results_table(results, f"{config.strategy} @ {config.oracle_spec}: errors per round"))
     out.print(f"results: {Path(config.out) / 'results.json'}", soft_wrap=True)
@@ -114,8 +120,9 @@ def _run_loop(config, scheduler: Optional[str] = None) -> list[dict]:
 @loop_app.command("run")
 @_clean_errors
 def loop_run(
-    test: Annotated[list[Path], typer.Option(help="Test file (repeat for several).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (rerun to resume).")],
+    ctx: typer.Context,
+    test: Annotated[Optional[list[Path]], typer.Option(help="Test file (repeat for several). Required (here or in --config).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (rerun to resume). Required (here or in --config).")] = None,
     pool: Annotated[Optional[Path], typer.Option(help="Candidate configurations (extxyz). Optional with --explore md and --init-from.")] = None,
     init: Annotated[int, typer.Option(help="Size of the initial design.")] = 10,
     batch: Annotated[int, typer.Option(help="Configurations picked per round.")] = 10,
@@ -142,6 +149,7 @@ def loop_run(
     max_labels: Annotated[Optional[int], typer.Option(help="Stop an exploring run at this many labels.")] = None,
     committee: Annotated[int, typer.Option(help="Train a committee of K models each round (seeds and 80 % subsamples); its force deviation is --uncertainty committee (eV/Å). 0: one model.")] = 0,
     md_stability: Annotated[int, typer.Option(help="After each exploring round, MD steps at 300 K from test geometries to measure stability (0: off).")] = 0,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file of options (keys: option names, e.g. init-from, md-steps); options given on the command line win. A [cluster] table labels on Slurm/PBS/SGE through dask-jobqueue.")] = None,
 ) -> None:
     """Run or resume an active-learning loop: select → label → fit → score, round after round.
 
@@ -159,7 +167,22 @@ def loop_run(
     """
     from loops.explore import ExploreSettings
     from loops.loop import LoopConfig
+    from oed.errors import InputError
 
+    cluster = None
+    if config_file is not None:
+        from loops.loop_config import load_config, merge_options
+
+        options, cluster = load_config(config_file)
+        given = {k: v for k, v in locals().items() if k in _LOOP_RUN_OPTIONS}
+        merged = merge_options(ctx, given, options, Path(config_file).resolve().parent)
+        (test, out_dir, pool, init, batch, rounds, strategy, init_strategy, method, oracle, model, seed, workers, e0s,
+         test_limit, scheduler, init_from, explore, temperatures, md_steps, timestep, starts, uncertainty, trust_lo,
+         trust_hi, max_labels, committee, md_stability) = (merged[k] for k in _LOOP_RUN_OPTIONS)
+    if not test or out_dir is None:
+        raise InputError("give --test and --out (on the command line or in --config)")
+    if cluster is not None and scheduler is not None:
+        raise InputError("give either --scheduler or a [cluster] table, not both")
     exploration = ExploreSettings(temperatures=_csv_list(temperatures, "--temperatures", float), md_steps=md_steps,
                                   timestep_fs=timestep, starts=starts, uncertainty=uncertainty,
                                   trust_lo=trust_lo, trust_hi=trust_hi)
@@ -168,7 +191,13 @@ def loop_run(
                         oracle=oracle, model=model, seed=seed, workers=_parse_workers(workers), e0s_file=e0s,
                         test_limit=test_limit, init_from=init_from, explore=explore, exploration=exploration,
                         max_labels=max_labels, md_stability_steps=md_stability, committee=committee)
-    _run_loop(config, scheduler)
+    _run_loop(config, scheduler, cluster)
+
+
+_LOOP_RUN_OPTIONS = ("test", "out_dir", "pool", "init", "batch", "rounds", "strategy", "init_strategy", "method",
+                     "oracle", "model", "seed", "workers", "e0s", "test_limit", "scheduler", "init_from", "explore",
+                     "temperatures", "md_steps", "timestep", "starts", "uncertainty", "trust_lo", "trust_hi",
+                     "max_labels", "committee", "md_stability")
 
 
 @app.command()

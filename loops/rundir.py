@@ -122,7 +122,12 @@ def check_settings(out: Path, fingerprint: dict, *, what: str = "run") -> None:
         return
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
+        def short(v) -> str:
+            text = json.dumps(v)
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        changes = "; ".join(f"{k}: {short(old.get(k))} → {short(new.get(k))}" for k in diff[:8])
         raise RunMismatchError(
-            f"{out} holds a {what} with other settings ({', '.join(diff)}); "
+            f"{out} holds a {what} with other settings ({', '.join(diff)}): {changes}; "
             "rerun with the same settings to resume, or choose another --out"
         )
