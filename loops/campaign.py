@@ -126,6 +126,7 @@ class Campaign:
     ahead: bool = False
     test_limit: int | None = None
     keep_models: bool = False
+    md_stability_steps: int = 0
     log: Log = _quiet
     _labels: dict = field(default_factory=dict, repr=False)
 
@@ -215,7 +216,7 @@ class Campaign:
         return CellTask(self.label, self.seed, budget, tuple(picked), len(picked) - len(ok),
                         train, self.model.name, self.model.resolved_settings(), self._e0s(train),
                         self.tests, self.test_limit, str(self.out), self.keep_models,
-                        model_seed=self.model.seed, round=r)
+                        model_seed=self.model.seed, round=r, md_stability_steps=self.md_stability_steps)
 
     def _selection_model(self, r: int, selected: list[int], kept):
         """The model the next selection needs, fitted on the labels of rounds < r."""

@@ -98,6 +98,7 @@ class CellTask:
     keep_models: bool
     model_seed: int | None = None
     round: int = 0
+    md_stability_steps: int = 0
 
     @property
     def workdir(self) -> Path:
@@ -143,12 +144,38 @@ def run_cell(task: CellTask, fitted=None) -> dict:
         "score_seconds": round(time.perf_counter() - t1, 2),
         "errors": errors,
     }
+    if task.md_stability_steps:
+        record["md_stability"] = stability(model, task.tests, task.md_stability_steps)
     atomic_write_text(cell_path(Path(task.out), task.strategy, task.seed, task.budget), json.dumps(record, indent=1))
     if fitted is None and not task.keep_models:
         from loops.fitting import remove_fit_dir
 
         remove_fit_dir(task.workdir)  # a fit's files are large; the errors are kept (leftovers are warned about)
     return record
+
+
+def stability(model, tests: Mapping[str, str], steps: int, temperature: float = 300.0) -> dict:
+    """MD stability (:func:`loops.explore.md_stability`) from 4 geometries spread through the first test file."""
+    from loops.explore import md_stability
+
+    frames = load_test(next(iter(tests.values())), None)
+    starts = [frames[i] for i in np.linspace(0, len(frames) - 1, min(4, len(frames))).astype(int)]
+    return md_stability(model, starts, temperature=temperature, steps=steps)
+
+
+def stability_rows(out: Path, strategies: Sequence[str], seeds: Sequence[int], budgets: Sequence[int]) -> list[dict]:
+    """One row per finished cell with an MD stability: strategy, seed, budget, mean_fs, survived, n."""
+    rows = []
+    for strategy in strategies:
+        for seed in seeds:
+            for budget in budgets:
+                record = read_cell(Path(out), strategy, seed, budget)
+                if record is not None and "md_stability" in record:
+                    m = record["md_stability"]
+                    rows.append({"strategy": strategy, "seed": seed, "budget": budget, "mean_fs": m["mean_fs"],
+                                 "survived": m["survived"], "n": m["n"], "temperature_K": m["temperature_K"],
+                                 "steps": m["steps"]})
+    return rows
 
 
 def run_cell_in_worker(task: CellTask) -> dict:

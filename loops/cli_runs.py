@@ -260,6 +260,7 @@ def compare(
     workers: Annotated[Optional[int], typer.Option(help="Parallel cells (default: one per core).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: run cells on a Dask cluster.")] = None,
     keep_models: Annotated[bool, typer.Option("--keep-models", help="Keep every fitted model's files.")] = False,
+    md_stability: Annotated[int, typer.Option(help="Per cell, MD steps (0.5 fs, 300 K) from 4 geometries of the first test file: time to the first physical failure (broken bond, fragments, collision, energy blow-up) in summary.md and md_stability.csv. 0: off.")] = 0,
 ) -> None:
     """Compare selection strategies: strategies × seeds × budgets, errors in and out of distribution.
 
@@ -273,7 +274,7 @@ def compare(
         pool=pool, tests=tuple(test), out=out_dir, strategies=_csv_list(strategies, "--strategies"),
         budgets=_csv_list(budgets, "--budgets", int), n_seeds=seeds, model=model, select_with=select_with,
         features=features, mode=mode, oracle=oracle, pool_fraction=pool_fraction, target=target, e0s_file=e0s,
-        test_limit=test_limit, workers=_parse_workers(workers), keep_models=keep_models,
+        test_limit=test_limit, workers=_parse_workers(workers), keep_models=keep_models, md_stability_steps=md_stability,
     )
     from loops.parallel import dask_client
 

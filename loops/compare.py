@@ -119,6 +119,10 @@ class CompareConfig:
         Prior precision λ of the information matrix.
     keep_models : bool
         Keep each cell's fitted model files (default: deleted once scored).
+    md_stability_steps : int
+        Per cell, MD steps (0.5 fs, 300 K) from 4 test geometries to measure the time to the first
+        physical failure (0: not measured); in ``md_stability.csv`` and ``summary.md``. Cells
+        finished before it was asked keep no stability (remove them to measure it).
     """
 
     pool: Path
@@ -140,6 +144,7 @@ class CompareConfig:
     workers: int | None = None
     reg: float = DEFAULT_REG
     keep_models: bool = False
+    md_stability_steps: int = 0
 
     def validate(self) -> None:
         """Check the settings before any work.
@@ -322,7 +327,7 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
                 model=ModelRef(config.model, config.settings(), seed=seed), e0s=e0s, tests=tests,
                 schedule=budgets, features=features, ahead=config.mode == "oneshot",
                 first=RandomStrategy() if spec.model else None, test_limit=config.test_limit,
-                keep_models=config.keep_models, log=log))
+                keep_models=config.keep_models, md_stability_steps=config.md_stability_steps, log=log))
     for fspec in dict.fromkeys(config.feature_spec(s) for s in config.specs()):
         if fspec is not None:  # computed once here; campaigns (and workers, from the cache) reuse them
             log(_describe(fspec, len(pool)))
@@ -345,10 +350,33 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
     header = (f"Pool `{Path(config.pool).name}` ({len(frames)} configurations, {config.pool_fraction:g} per seed), "
               f"model **{config.model}**, mode **{config.mode}**, oracle `{config.oracle}`; strategies without "
               f"`@space` select in **{config.select_with}** space ({config.features} rows).")
-    atomic_write_text(out / "summary.md", render_summary(out / "results.csv", header=header))
+    summary = render_summary(out / "results.csv", header=header)
+    if config.md_stability_steps:
+        summary += _stability_table(out, config, budgets)
+    atomic_write_text(out / "summary.md", summary)
     plot_learning_curves(rows, out, title_prefix=f"{config.model}, {config.mode}: ")
     log(f"comparison finished in {time.perf_counter() - t0:.0f} s: {out / 'summary.md'}")
     return rows
+
+
+def _stability_table(out: Path, config: CompareConfig, budgets) -> str:
+    """``md_stability.csv`` and a Markdown table: mean time to the first physical failure per strategy and budget."""
+    import pandas as pd
+
+    from loops.cells import stability_rows
+
+    rows = stability_rows(out, config.strategies, config.seeds, budgets)
+    if not rows:
+        return ""
+    frame = pd.DataFrame(rows)
+    atomic_write_text(out / "md_stability.csv", frame.to_csv(index=False))
+    first = rows[0]
+    lines = ["", f"## MD stability ({first['temperature_K']:g} K Langevin, {first['steps']} steps of 0.5 fs "
+             "from 4 test geometries; time to the first physical failure, capped at the run length)", "",
+             "| strategy | budget | mean time (fs) | trajectories surviving |", "|---|---|---|---|"]
+    for (strategy, budget), g in frame.groupby(["strategy", "budget"], sort=False):
+        lines.append(f"| {strategy} | {budget} | {g['mean_fs'].mean():.0f} | {int(g['survived'].sum())}/{int(g['n'].sum())} |")
+    return "\n".join(lines) + "\n"
 
 
 def _quiet_log(message: str) -> None:

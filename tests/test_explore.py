@@ -166,3 +166,21 @@ def test_committee_force_deviation_grades_frames(train, e0s, tmp_path):
                         train, seed=2)
     assert len(cand) == 2 and rec["unit"] == "eV/Å"
     assert all(0 < f.info["uncertainty"] < 10 for f in cand)
+
+
+@pytest.mark.integration
+def test_compare_reports_md_stability(tmp_path):
+    from typer.testing import CliRunner
+
+    from loops.cli import app
+
+    write(tmp_path / "pool.xyz", read(DATA / "train.xyz", ":40"))
+    write(tmp_path / "test.xyz", read(DATA / "test_MD.xyz", ":4"))
+    r = CliRunner().invoke(app, ["compare", "--pool", str(tmp_path / "pool.xyz"), "--test", str(tmp_path / "test.xyz"),
+                                 "--out", str(tmp_path / "cmp"), "--strategies", "random,fps", "--budgets", "10",
+                                 "--seeds", "1", "--workers", "1", "--md-stability", "20"])
+    assert r.exit_code == 0, r.output
+    summary = (tmp_path / "cmp" / "summary.md").read_text()
+    assert "## MD stability" in summary and "| fps | 10 |" in summary
+    csv = (tmp_path / "cmp" / "md_stability.csv").read_text().splitlines()
+    assert csv[0].startswith("strategy,seed,budget,mean_fs") and len(csv) == 3
