@@ -332,7 +332,10 @@ class Campaign:
                     model = model or self._round_model(len(selected), selected)
                     labels = self._labelled(selected, r)
                     ok = [i for i in selected if labels[i] is not None]
-                    starts = list(dict.fromkeys(list(seeds) + ok))
+                    # MD starts from the seeds (DP-GEN's initial configurations), or from labelled pool
+                    # configurations without seeds: never from explored frames, whose distortions a
+                    # new trajectory would only carry further out (measured: bonds broke within 10 fs)
+                    starts = list(seeds) or [i for i in ok if i < source.n_base] or ok
                     with journal.phase("explore", r) as c:
                         cand, explored = source.candidates(r, model, [self.book.frames[i] for i in starts], starts,
                                                            [labels[i] for i in ok], self.seed + r)

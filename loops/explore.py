@@ -1,7 +1,7 @@
 """Exploration as a candidate source: short MD with the current model, graded by its uncertainty.
 
 Each exploring round runs Langevin trajectories (``ase.md.langevin``) with the model fitted so
-far as the calculator, from labelled and seed geometries, at each of the asked temperatures.
+far as the calculator, from the seed geometries (or the labelled pool configurations), at each of the asked temperatures.
 Every ``sample_every`` steps the frame gets an uncertainty (:data:`UNCERTAINTIES`):
 
 - ``gamma``: the MaxVol extrapolation grade of the frame's SOAP environments against the
@@ -409,6 +409,8 @@ class ExploreSource:
         self.dir = Path(out) / "explore"
         self.settings, self.book, self.features, self.executor, self.log = settings, book, features, executor, log
         self.offsets: dict[int, tuple[int, int]] = {}
+        #: Pool size before any explored frame: indices below it are seeds and pool configurations.
+        self.n_base = len(book.frames)
         r = 1
         while (self.dir / f"round{r}.json").exists():
             frames = read_structures(self.dir / f"round{r}.xyz", what="explored frames") if \
