@@ -444,13 +444,15 @@ def _fig_uncertainty(explore: dict[int, dict], png: Path) -> bool:
                 color=cmap(j / max(len(rounds) - 1, 1)), label=f"round {r}")
     for x, what in ((lo, "trust_lo"), (hi, "trust_hi")):
         ax.axvline(x, color="k", ls="--" if what == "trust_lo" else ":", lw=1)
-        ax.text(x, 0.97, f" {what}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.text(x, 0.97, f" {what} " if what == "trust_lo" else f"{what} ", transform=ax.get_xaxis_transform(),
+                va="top", ha="left" if what == "trust_lo" else "right", fontsize=8)
     if log:
         ax.set_xscale("log")
     kind = explore[rounds[-1]].get("uncertainty", "uncertainty")
     unit = explore[rounds[-1]].get("unit") or ""
     ax.set_xlabel(f"{kind}" + (f" ({unit})" if unit else ""))
     ax.set_ylabel("explored frames")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
     from oed.plots import save_figure
 
@@ -483,6 +485,8 @@ def _stacked(data: dict[int, dict[str, float]], keys: list[str], ylabel: str, pn
         bottom = [b + x for b, x in zip(bottom, h)]
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
+    if ylabel == "trajectories":
+        ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
     from oed.plots import save_figure
 
