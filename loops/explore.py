@@ -442,6 +442,10 @@ class ExploreSource:
             f.info["config_type"] = f"explore_round{r}"
         record = {"round": r, **record}
         write_structures(self.dir / f"round{r}.xyz", cand)
+        if cand:
+            # the frames as a resumed run will read them: extxyz keeps 8 decimals, and a position
+            # near a rounding boundary of structure_hash would otherwise get another key
+            cand = read_structures(self.dir / f"round{r}.xyz", what="explored frames")
         atomic_write_text(self.dir / f"round{r}.json", json.dumps(record, indent=1))
         self._append(r, cand)
         a, b = self.offsets[r]

@@ -111,7 +111,11 @@ def structure_hash(atoms: Atoms) -> str:
 
     Two configurations with the same hash get the same label, which is what
     lets a loop skip anything it has labelled before. Positions are rounded to
-    1e-6 Å so that a write/read round trip through extxyz keeps the hash.
+    1e-6 Å, which absorbs most write/read noise but not all: a coordinate within
+    ~1e-8 Å of a rounding boundary can change on a round trip through extxyz
+    (8 decimals) and with it the hash (measured: 37 of 200 random 9-atom
+    frames). Hash configurations as they are read back from the file that
+    keeps them.
     """
     h = hashlib.sha256()
     h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())

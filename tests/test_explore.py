@@ -119,6 +119,8 @@ def test_explored_rounds_are_reread_in_order(gap, train, tmp_path):
     idx2, rec2 = source2.candidates(1, None, pool, [0], train, seed=99)
     assert list(idx2) == [3, 4] and rec2 == rec
     assert np.allclose(book2.frames[4].positions, book.frames[4].positions)
+    # the same keys as the first pass: labels made before a kill are found after it
+    assert book2._keys == book._keys
     # killed between the candidates file and the record: the round is explored again
     (tmp_path / "explore" / "round1.json").unlink()
     source3 = ExploreSource(tmp_path, settings, LabelBook(XTBOracle(), None, list(pool)), Features(list(pool)))
