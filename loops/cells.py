@@ -146,12 +146,34 @@ def run_cell(task: CellTask, fitted=None) -> dict:
     }
     if task.md_stability_steps:
         record["md_stability"] = stability(model, task.tests, task.md_stability_steps)
+    if hasattr(model, "predict_uncertainty"):
+        record["calibration"] = calibrate(model, task)
     atomic_write_text(cell_path(Path(task.out), task.strategy, task.seed, task.budget), json.dumps(record, indent=1))
     if fitted is None and not task.keep_models:
         from loops.fitting import remove_fit_dir
 
         remove_fit_dir(task.workdir)  # a fit's files are large; the errors are kept (leftovers are warned about)
     return record
+
+
+def calibrate(model, task: CellTask) -> dict:
+    """A committee's σ_F against its true force error on the first test file with forces (Spearman ρ,
+    binned curve; :func:`loops.calibration.committee_calibration`), plotted beside the cell record."""
+    from loops.calibration import committee_calibration, plot_calibration
+    from oed.io import reference_forces
+
+    for name, path in task.tests.items():
+        frames = [a for a in load_test(path, task.test_limit) if reference_forces(a) is not None]
+        if len(frames) >= 3:
+            break
+    else:
+        return {}
+    result = committee_calibration(model, frames)
+    plot = cell_path(Path(task.out), task.strategy, task.seed, task.budget).with_suffix(".calibration.png")
+    plot_calibration(result["sigma"], result["error"], plot,
+                     title=f"{task.strategy}, k={task.budget}: committee σ_F vs error on {name}")
+    return {"test_set": name, "spearman": result["spearman"], "n": result["n"], "scale": result["scale"],
+            "bins": result["bins"], "plot": plot.name}
 
 
 def stability(model, tests: Mapping[str, str], steps: int, temperature: float = 300.0) -> dict:

@@ -186,3 +186,27 @@ def test_compare_reports_md_stability(tmp_path):
     assert "## MD stability" in summary and "| fps | 10 |" in summary
     csv = (tmp_path / "cmp" / "md_stability.csv").read_text().splitlines()
     assert csv[0].startswith("strategy,seed,budget,mean_fs") and len(csv) == 3
+
+
+@pytest.mark.integration
+def test_committee_loop_explores_by_force_deviation_and_measures_calibration(tmp_path):
+    from loops.loop import LoopConfig, run_loop
+
+    seeds, test = tmp_path / "seeds.xyz", tmp_path / "test.xyz"
+    write(seeds, read(DATA / "train.xyz", "::200"))
+    write(test, read(DATA / "test_MD.xyz", ":6"))
+    config = LoopConfig(pool=None, tests=(test,), out=tmp_path / "run", n_init=5, batch_size=2, n_rounds=1,
+                        strategy="fps", oracle="xtb:gfn2-xtb", workers=1, gap=GAPSettings(**SMALL),
+                        init_from=seeds, explore="md", committee=2,
+                        exploration=ExploreSettings(temperatures=(300.0,), md_steps=20, starts=1,
+                                                    uncertainty="committee", trust_lo=0.0, trust_hi=1e9))
+    results = run_loop(config, log=lambda m: None, progress=False)
+    assert len(results) == 2 and results[1]["n_labelled"] == 7
+    explored = json.loads((tmp_path / "run" / "explore" / "round1.json").read_text())
+    assert explored["uncertainty"] == "committee" and explored["unit"] == "eV/Å"
+    cell = json.loads((tmp_path / "run" / "cells" / "fps" / "seed0" / "k7.json").read_text())
+    assert cell["calibration"]["n"] == 6 and np.isfinite(cell["calibration"]["spearman"])
+    assert (tmp_path / "run" / "cells" / "fps" / "seed0" / cell["calibration"]["plot"]).exists()
+    with pytest.raises(InputError, match="--committee"):
+        LoopConfig(pool=None, tests=(test,), out=tmp_path / "x", n_init=1, batch_size=1, n_rounds=1, init_from=seeds,
+                   explore="md", exploration=ExploreSettings(uncertainty="committee")).validate()
