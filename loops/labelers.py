@@ -130,11 +130,26 @@ class PySCFLabeler(Calculator):
         Most SCF iterations before the run counts as failed.
     threads : int or None, default None
         OpenMP threads for PySCF during a calculation; ``None`` keeps PySCF's setting.
+    stability : {"auto", "always", "never"}, default "auto"
+        Wave-function stability analysis (:func:`loops.scf.run_scf`); a closed-shell
+        RKS unstable towards UKS (bond breaking) gives a broken-symmetry UKS label.
+        ``"auto"`` skips it for a DIIS-converged RKS with a HOMO–LUMO gap ≥ ``auto_gap``.
+    auto_gap : float, default 0.05
+        Gap threshold of ``"auto"``, Hartree (0.05 Ha = 1.36 eV).
+    level_shift, damping : float, default 0.3, 0.5
+        Level shift (Hartree) and Fock damping factor of the 2nd and 3rd SCF fallbacks.
+    max_stability_rounds : int, default 3
+        Most re-optimisations of a solution found unstable.
+    time_limit : float, default 1800
+        Wall-time limit of one label, s, checked between SCF steps (a running
+        PySCF kernel is not interrupted); past it the label fails.
 
     Attributes
     ----------
     results : dict
         ``"energy"`` : float, eV. ``"forces"`` : ndarray of shape ``(n_atoms, 3)``, eV/Å.
+    scf : loops.scf.SCFResult or None
+        How the last calculation converged (route, fallback, ⟨S²⟩, stability, cycles), Hartree units.
     level_of_theory : str
         Canonical ``"xc/basis"``.
 
@@ -145,7 +160,9 @@ class PySCFLabeler(Calculator):
         for a periodic structure, an element the basis lacks, or a spin that
         does not fit the electron count.
     SCFNotConverged
-        From :meth:`calculate` when the SCF does not converge; no energy is kept.
+        From :meth:`calculate` when no SCF route converges (fallback chain
+        DIIS → level shift → damping → Newton, and broken-symmetry UKS for a
+        closed shell) or the wall-time limit is reached; no energy is kept.
 
     References
     ----------
@@ -170,8 +187,15 @@ class PySCFLabeler(Calculator):
         "conv_tol": 1e-9,
         "max_cycle": 100,
         "threads": None,
+        "stability": "auto",
+        "auto_gap": 0.05,
+        "level_shift": 0.3,
+        "damping": 0.5,
+        "max_stability_rounds": 3,
+        "time_limit": 1800.0,
     }
     discard_results_on_any_change = True
+    scf = None
 
     def set(self, **kwargs):
         """Change parameters, checked as a whole; results are dropped on any change.
@@ -233,19 +257,25 @@ class PySCFLabeler(Calculator):
             _check_basis_has(basis, symbol)
 
     def calculate(self, atoms=None, properties=("energy", "forces"), system_changes=all_changes):
-        """Run the SCF and the nuclear gradient; fill ``results`` in eV and eV/Å.
+        """Run the SCF route of :func:`loops.scf.run_scf` and the gradient; fill ``results`` in eV and eV/Å.
+
+        ``self.scf`` keeps the route taken (Hartree units).
 
         Raises
         ------
         SetupError
             See :meth:`check_atoms`.
         SCFNotConverged
-            When ``mf.converged`` is False after ``max_cycle`` iterations.
+            When no route converges or the wall-time limit is reached; the
+            message lists the steps tried.
         """
         super().calculate(atoms, properties, system_changes)
+        self.scf = None
         p = self.parameters
         self.check_atoms(self.atoms)
         from pyscf import gto, lib
+
+        from loops.scf import run_scf
 
         xc, basis = self.level_of_theory.split("/")
         heavy = {s for s in self.atoms.get_chemical_symbols() if atomic_numbers[s] >= _DEF2_ECP_FROM_Z}
@@ -258,24 +288,23 @@ class PySCFLabeler(Calculator):
             spin=self.spin_for(self.atoms),
             verbose=0,
         )
-        mf = _mean_field(mol, xc)
-        if p["density_fit"]:
-            mf = mf.density_fit()
-        mf.conv_tol = p["conv_tol"]
-        mf.max_cycle = p["max_cycle"]
         with lib.with_omp_threads(p["threads"]), _linalg_is_a_failure(self.atoms, self.level_of_theory):
-            energy = mf.kernel()
-            if not mf.converged:
-                raise SCFNotConverged(
-                    f"SCF not converged for {self.atoms.get_chemical_formula()} at "
-                    f"{self.level_of_theory} ({type(mf).__name__}) after "
-                    f"{getattr(mf, 'cycles', p['max_cycle'])} of max_cycle={p['max_cycle']} "
-                    f"cycles (conv_tol={p['conv_tol']:g} Ha)"
+            try:
+                result = run_scf(
+                    mol, xc, density_fit=p["density_fit"], conv_tol=p["conv_tol"], max_cycle=p["max_cycle"],
+                    stability=p["stability"], auto_gap=p["auto_gap"], level_shift=p["level_shift"],
+                    damping=p["damping"], max_stability_rounds=p["max_stability_rounds"],
+                    time_limit=p["time_limit"],
                 )
-            gradient = mf.nuc_grad_method().kernel()  # Hartree/Bohr, (n_atoms, 3)
+            except SCFNotConverged as exc:
+                raise SCFNotConverged(
+                    f"SCF not converged for {self.atoms.get_chemical_formula()} at {self.level_of_theory} "
+                    f"(max_cycle={p['max_cycle']} per attempt, conv_tol={p['conv_tol']:g} Ha): {exc}"
+                ) from exc
+        self.scf = result
         self.results = {
-            "energy": float(energy) * Hartree,
-            "forces": -np.asarray(gradient, dtype=float) * (Hartree / Bohr),
+            "energy": result.energy * Hartree,
+            "forces": -result.gradient * (Hartree / Bohr),
         }
 
 
@@ -305,6 +334,15 @@ def _check_parameters(p: dict) -> None:
         raise SetupError(f"max_cycle must be an integer >= 1, got {p['max_cycle']!r}")
     if p["threads"] is not None and not (is_int(p["threads"]) and p["threads"] >= 1):
         raise SetupError(f"threads must be None or an integer >= 1, got {p['threads']!r}")
+    if p["stability"] not in ("auto", "always", "never"):
+        raise SetupError(f"stability must be 'auto', 'always' or 'never', got {p['stability']!r}")
+    for name in ("auto_gap", "level_shift", "time_limit"):
+        if not (isinstance(p[name], (int, float)) and not isinstance(p[name], bool) and p[name] > 0):
+            raise SetupError(f"{name} must be a positive number, got {p[name]!r}")
+    if not (isinstance(p["damping"], (int, float)) and 0 < p["damping"] < 1):
+        raise SetupError(f"damping must be a number in (0, 1), got {p['damping']!r}")
+    if not (is_int(p["max_stability_rounds"]) and p["max_stability_rounds"] >= 0):
+        raise SetupError(f"max_stability_rounds must be an integer >= 0, got {p['max_stability_rounds']!r}")
 
 
 @functools.lru_cache(maxsize=256)  # PySCF re-parses the basis file on every load
@@ -320,16 +358,6 @@ def _check_basis_has(basis: str, symbol: str) -> None:
             raise SetupError(f"basis set {basis!r} has no functions for {symbol}") from exc
 
 
-def _mean_field(mol, xc: str):
-    from pyscf import dft, scf
-
-    if xc == "hf":
-        return scf.RHF(mol) if mol.spin == 0 else scf.UHF(mol)
-    mf = dft.RKS(mol) if mol.spin == 0 else dft.UKS(mol)
-    mf.xc = xc
-    return mf
-
-
 def _labelled_copy(calc: PySCFLabeler, atoms: Atoms) -> Atoms:
     out = atoms.copy()  # Atoms.copy keeps info and arrays but not the calculator
     out.calc = None
@@ -340,6 +368,10 @@ def _labelled_copy(calc: PySCFLabeler, atoms: Atoms) -> Atoms:
     out.info[REF_ENERGY] = float(calc.results["energy"])
     out.arrays[REF_FORCES] = np.array(calc.results["forces"], dtype=float)
     out.info["level_of_theory"] = calc.level_of_theory
+    # How the SCF converged travels with the label (and into labels.db, loops.store._KEPT_INFO).
+    out.info["scf_route"] = calc.scf.route
+    out.info["scf_fallback"] = calc.scf.fallback
+    out.info["s2"] = float(calc.scf.s2)
     return out
 
 

@@ -17,8 +17,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from oed.io import REF_ENERGY, REF_FORCES
 
-#: info keys copied into ase.db key-value pairs when they hold scalars.
-_KEPT_INFO = ("config_type",)
+#: info keys copied into ase.db key-value pairs when they hold scalars; the SCF
+#: route, fallback and ⟨S²⟩ of a PySCF label (loops.labelers) among them.
+_KEPT_INFO = ("config_type", "scf_route", "scf_fallback", "s2")
 
 
 class LabelStore:
