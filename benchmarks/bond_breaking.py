@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ase.units import Hartree
 
 from loops.errors import CalculationFailed
 from loops.labelers import PySCFLabeler
@@ -72,8 +73,6 @@ def label_point(atoms, stability: str, threads: int | None) -> dict:
     except CalculationFailed as exc:
         row.update(error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
         return row
-    from ase.units import Hartree
-
     scf = calc.scf
     energy = float(calc.results["energy"])
     row.update(
@@ -94,6 +93,20 @@ def band_of(d: float) -> str:
     return "other"
 
 
+def externally_unstable(row: dict) -> bool | None:
+    """Whether the RKS stability analysis of this point found an RKS → UKS instability."""
+    steps = row.get("steps") or []
+    verdicts = [st for st in steps if st.startswith("rks stability: internal")]
+    if not verdicts:
+        return None
+    return any("external unstable" in st for st in verdicts)
+
+
+def auto_would_skip(row: dict, auto_gap_ev: float) -> bool:
+    """Whether stability="auto" would skip the analysis of this point (see loops.scf.run_scf)."""
+    return row.get("rks_fallback") == "none" and row.get("gap_eV") is not None and row["gap_eV"] >= auto_gap_ev
+
+
 def flag(row: dict) -> str | None:
     if row.get("error"):
         return row["error"][:200]
@@ -103,7 +116,7 @@ def flag(row: dict) -> str | None:
             f"⟨S²⟩ {row['s2']:.3f}, stable {row['stable']}")
 
 
-def summarise(rows: list[dict], n_total: int) -> tuple[dict, str]:
+def summarise(rows: list[dict], n_total: int, cost: dict | None = None) -> tuple[dict, str]:
     rows = sorted(rows, key=lambda r: r["OH_dist"])
     bands = {}
     for lo, hi in BANDS:
@@ -123,8 +136,19 @@ def summarise(rows: list[dict], n_total: int) -> tuple[dict, str]:
             "plain_rks_max_abs_dE_meV": max(plain, default=None),
         }
     flagged = [{"OH_dist": r["OH_dist"], "reason": flag(r)} for r in rows if flag(r)]
+    auto_gap_ev = PySCFLabeler.default_parameters["auto_gap"] * Hartree
+    checked = [r for r in rows if externally_unstable(r) is not None]
+    unstable_gaps = [r["gap_eV"] for r in checked if externally_unstable(r)]
+    stable_gaps = [r["gap_eV"] for r in checked if not externally_unstable(r)]
+    auto = {
+        "auto_gap_eV": auto_gap_ev,
+        "largest_gap_of_an_unstable_rks_eV": max(unstable_gaps, default=None),
+        "smallest_gap_of_a_stable_rks_eV": min(stable_gaps, default=None),
+        "unstable_points_auto_would_skip": [r["OH_dist"] for r in checked
+                                            if externally_unstable(r) and auto_would_skip(r, auto_gap_ev)],
+    }
     summary = {"n_points": n_total, "n_done": len(rows), "goal_meV": GOAL_MEV, "bands": bands,
-               "flagged": flagged, "points": rows}
+               "auto_stability": auto, "stability_cost": cost, "flagged": flagged, "points": rows}
 
     def fmt(x, spec):
         return "—" if x is None else format(x, spec)
@@ -148,15 +172,26 @@ def summarise(rows: list[dict], n_total: int) -> tuple[dict, str]:
                      f"{fmt(b['mean_seconds'], '.0f')} | {b['plain_rks_converged']} | "
                      f"{fmt(b['plain_rks_max_abs_dE_meV'], '.1f')} |")
     lines += ["", "## Points", "",
-              "| O–H Å | ΔE meV | route | fallback | ⟨S²⟩ | stable | RKS gap eV | plain RKS ΔE meV | cycles "
-              "(all) | s |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| O–H Å | ΔE meV | route | fallback | ⟨S²⟩ | stable | RKS gap eV | RKS→UKS unstable | auto skips "
+              "| RKS ΔE meV (fallback) | cycles (all) | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['OH_dist']:.3f} | failed | {r['error'][:120]} | | | | | | | {r['seconds']:.0f} |")
+            lines.append(f"| {r['OH_dist']:.3f} | failed | {r['error'][:120]} | | | | | | | | | {r['seconds']:.0f} |")
             continue
         lines.append(f"| {r['OH_dist']:.3f} | {r['dE_meV']:+.1f} | {r['route']} | {r['fallback']} | "
-                     f"{r['s2']:.3f} | {r['stable']} | {fmt(r['gap_eV'], '.2f')} | "
+                     f"{r['s2']:.3f} | {r['stable']} | {fmt(r['gap_eV'], '.2f')} | {externally_unstable(r)} | "
+                     f"{auto_would_skip(r, auto_gap_ev)} | "
                      f"{fmt(r['rks_dE_meV'], '+.1f')} ({r.get('rks_fallback') or '—'}) | {r['cycles']} ({r['total_cycles']}) | {r['seconds']:.0f} |")
+    lines += ["", '## stability="auto"', "",
+              f"The labeller's default skips the stability analysis of a DIIS-converged RKS with a HOMO–LUMO "
+              f"gap ≥ auto_gap = {auto_gap_ev:.2f} eV. Of the points analysed here, the largest gap of an RKS "
+              f"found unstable towards UKS is {fmt(auto['largest_gap_of_an_unstable_rks_eV'], '.2f')} eV and "
+              f"the smallest gap of a stable one {fmt(auto['smallest_gap_of_a_stable_rks_eV'], '.2f')} eV; "
+              f"unstable points that auto would skip: {auto['unstable_points_auto_would_skip'] or 'none'}."]
+    if cost:
+        lines += ["", f"Cost at O–H {cost['OH_dist']:.3f} Å (closed shell, same run): label with "
+                  f"stability=\"auto\" (skipped) {cost['auto_s']:.0f} s, with \"always\" {cost['always_s']:.0f} s "
+                  f"(×{cost['always_s'] / cost['auto_s']:.1f})."]
     lines += ["", "## Flagged (|ΔE| > 20 meV or failed)", ""]
     lines += [f"- {f['OH_dist']:.3f} Å: {f['reason']}" for f in flagged] or ["- none"]
     missing = n_total - len(rows)
@@ -171,6 +206,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="label at most this many new points")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--cost", action="store_true",
+                        help="first time one closed-shell label with stability auto and always")
     args = parser.parse_args(argv)
 
     frames = read_structures(DATA)
@@ -183,11 +220,20 @@ def main(argv=None) -> int:
     if args.limit is not None:
         todo = todo[: args.limit]
 
+    cost_file = OUT / "bond_breaking_cost.json"
+
     def write():
-        summary, md = summarise(rows, len(frames))
+        cost = json.loads(cost_file.read_text()) if cost_file.exists() else None
+        summary, md = summarise(rows, len(frames), cost)
         atomic_write_text(OUT / "bond_breaking.json", json.dumps(summary, indent=1) + "\n")
         atomic_write_text(OUT / "bond_breaking.md", md)
 
+    if args.cost:  # the price of the analysis on a normal closed-shell geometry
+        atoms = frames[order(frames)[0]]
+        timing = {"OH_dist": float(atoms.info["OH_dist"])}
+        for mode in ("auto", "always"):
+            timing[f"{mode}_s"] = label_point(atoms, mode, args.threads)["seconds"]
+        atomic_write_text(cost_file, json.dumps(timing) + "\n")
     for i in todo:
         row = label_point(frames[i], args.stability, args.threads)
         rows.append(row)

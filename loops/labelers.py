@@ -134,8 +134,8 @@ class PySCFLabeler(Calculator):
         Wave-function stability analysis (:func:`loops.scf.run_scf`); a closed-shell
         RKS unstable towards UKS (bond breaking) gives a broken-symmetry UKS label.
         ``"auto"`` skips it for a DIIS-converged RKS with a HOMO–LUMO gap ≥ ``auto_gap``.
-    auto_gap : float, default 0.05
-        Gap threshold of ``"auto"``, Hartree (0.05 Ha = 1.36 eV).
+    auto_gap : float, default 0.1
+        Gap threshold of ``"auto"``, Hartree (0.1 Ha = 2.72 eV; see :mod:`loops.scf`).
     level_shift, damping : float, default 0.3, 0.5
         Level shift (Hartree) and Fock damping factor of the 2nd and 3rd SCF fallbacks.
     max_stability_rounds : int, default 3
@@ -188,7 +188,7 @@ class PySCFLabeler(Calculator):
         "max_cycle": 100,
         "threads": None,
         "stability": "auto",
-        "auto_gap": 0.05,
+        "auto_gap": 0.1,
         "level_shift": 0.3,
         "damping": 0.5,
         "max_stability_rounds": 3,
