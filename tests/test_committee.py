@@ -156,6 +156,7 @@ def test_members_differ_and_mean_is_their_average(fitted, test_md):
     np.testing.assert_allclose(again.predict(frames)[0], mean_e, rtol=0, atol=1e-10)
 
 
+@pytest.mark.integration
 def test_resumption_loads_members(fitted, train, e0s):
     committee, work = fitted
     before = committee.predict(train[:3])[0]

@@ -70,6 +70,7 @@ def test_settings_are_checked():
     assert ExploreSettings(uncertainty="gap-variance", trust_hi=0.5).trust == (0.002, 0.5)
 
 
+@pytest.mark.integration
 def test_trust_levels_decide_candidates_and_stops(gap, train):
     starts = train[:2]
     base = {"temperatures": (300.0,), "md_steps": 40, "sample_every": 10, "starts": 2}
@@ -159,6 +160,7 @@ def test_exploring_loop_with_xtb_resumes_without_relabelling(tmp_path):
         LoopConfig(pool=None, tests=(test,), out=tmp_path / "x", n_init=1, batch_size=1, n_rounds=1).validate()
 
 
+@pytest.mark.integration
 def test_committee_force_deviation_grades_frames(train, e0s, tmp_path):
     from loops.committee import Committee
 
