@@ -65,10 +65,9 @@ def main() -> None:
         labels = book.labels(range(len(frames)))
         oed_seconds = time.perf_counter() - t0
     failed = sum(v is None for v in labels.values())
-    routes = sorted({str(v.info.get("scf_route", "?")) for v in labels.values() if v is not None})
     result = {
         "n": len(frames), "bare_seconds": round(sum(bare_seconds), 2), "oed_seconds": round(oed_seconds, 2),
-        "ratio": round(oed_seconds / sum(bare_seconds), 3), "failed": failed, "scf_routes": routes,
+        "ratio": round(oed_seconds / sum(bare_seconds), 3), "failed": failed,
         "bare_per_label_s": round(float(np.mean(bare_seconds)), 2),
     }
     atomic_write_text(args.out, json.dumps(result, indent=2))
