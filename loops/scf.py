@@ -59,6 +59,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from pyscf.lib.exceptions import LinearDependencyError
 
 from loops.errors import SCFNotConverged, SetupError
 
@@ -320,7 +321,13 @@ def _uks_until_stable(route: _Route, dm0, label: str, max_rounds: int, check: bo
     stable = False
     for attempt in range(max_rounds + 1):
         route.check_clock(f"{label} stability")
-        mo, _, stable, _ = mf.stability(internal=True, external=False, nroots=1, return_status=True)
+        try:
+            mo, _, stable, _ = mf.stability(internal=True, external=False, nroots=1, return_status=True)
+        except LinearDependencyError:
+            # PySCF's Davidson gets an empty start space (a one-electron atom, whose β channel is
+            # empty): no rotation it can build lowers the energy, as with no rotations at all
+            route.steps.append(f"{label} stability: no start space (one-electron system), taken as stable")
+            return mf, fallback, cycles, True
         route.steps.append(f"{label} stability: {'stable' if stable else 'unstable'}")
         if stable or attempt == max_rounds:
             break
