@@ -191,7 +191,7 @@ def train_energies(train: Sequence[Atoms]) -> np.ndarray | None:
 
 
 def fit_selector(name: str, budget: int, X, *, X_train=None, X_target=None, y_train=None,
-                 seed: int | None = 0, reg: float = DEFAULT_REG, **params):
+                 force_norms=None, seed: int | None = 0, reg: float = DEFAULT_REG, **params):
     """Build (:func:`oed.selectors.make_selector`) and fit the selector ``name`` for ``budget`` picks.
 
     Parameters
@@ -206,6 +206,9 @@ def fit_selector(name: str, budget: int, X, *, X_train=None, X_target=None, y_tr
     y_train : array (n_train,), optional
         Training energies, eV; used by strategies whose ``uses_labels`` tag is
         True (info-gain), ignored by the label-free ones.
+    force_norms : array (n_candidates,), optional
+        ‖F‖ of every pool configuration, eV/Å (e.g. from a cheap model); only
+        for strategies whose ``uses_force_norms`` tag is True (ggfps), which require it.
     seed, reg, **params
         As :func:`oed.selectors.make_selector`; ``reg`` defaults to :data:`DEFAULT_REG`.
 
@@ -216,12 +219,17 @@ def fit_selector(name: str, budget: int, X, *, X_train=None, X_target=None, y_tr
     Raises
     ------
     InputError
-        Unknown strategy, or a target set for a strategy that cannot use one.
+        Unknown strategy, a target set or force norms for a strategy that cannot use them.
     """
     selector = make_selector(name, budget, seed=seed, reg=reg, **params)
     if X_target is not None and not selector.uses_target:
         raise InputError(f"strategy {name!r} does not use a target set; use i-optimal or info-gain")
-    return selector.fit(X, X_train=X_train, y_train=y_train, X_target=X_target)
+    extra = {}
+    if selector.uses_force_norms:
+        extra["force_norms"] = force_norms
+    elif force_norms is not None:
+        raise InputError(f"strategy {name!r} does not use force norms; use ggfps")
+    return selector.fit(X, X_train=X_train, y_train=y_train, X_target=X_target, **extra)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,19 @@ def build(name, k=K, **params):
     return make_selector(name, k, seed=0, **params)
 
 
+def force_norms_for(X):
+    """Force norms (eV/Å) of every pool configuration, a smooth function of its features."""
+    rows = X.energy_rows() if isinstance(X, DesignBlocks) else np.asarray(X)
+    return 0.5 + np.linalg.norm(rows, axis=1)
+
+
+def fit(sel, X, **kwargs):
+    """``sel.fit(X, **kwargs)``, adding the force norms that selectors tagged ``uses_force_norms`` require."""
+    if sel.uses_force_norms:
+        kwargs.setdefault("force_norms", force_norms_for(X))
+    return sel.fit(X, **kwargs)
+
+
 def assert_valid(sel, n_pool, k=K):
     idx = sel.selected_idx_
     assert isinstance(idx, np.ndarray) and idx.dtype.kind == "i" and idx.shape == (k,)
@@ -71,7 +84,7 @@ def assert_valid(sel, n_pool, k=K):
 def test_tags_are_class_attributes_that_match_the_constructor(name):
     cls = selector_class(name)
     assert issubclass(cls, SelectorBase)
-    for tag in ("uses_target", "uses_labels", "uses_random_state", "uses_prior_precision"):
+    for tag in ("uses_target", "uses_labels", "uses_random_state", "uses_prior_precision", "uses_force_norms"):
         assert isinstance(getattr(cls, tag), bool), tag
     assert isinstance(cls.gains_unit, str) and cls.gains_unit
     params = inspect.signature(cls.__init__).parameters
@@ -80,7 +93,8 @@ def test_tags_are_class_attributes_that_match_the_constructor(name):
     assert cls.uses_prior_precision == ("reg" in params)
     if cls.uses_prior_precision:
         assert params["reg"].default is DEFAULT_PRIOR_PRECISION
-    assert list(inspect.signature(cls.fit).parameters) == ["self", "X", "X_train", "y_train", "X_target"]
+    extra = ["force_norms"] if cls.uses_force_norms else []
+    assert list(inspect.signature(cls.fit).parameters) == ["self", "X", "X_train", "y_train", "X_target", *extra]
 
 
 def test_one_default_prior_precision():
@@ -104,7 +118,7 @@ def test_init_stores_only_and_clone_params_repr_work(name):
     bad = type(sel)(-1)
     assert bad.n_to_select == -1
     with pytest.raises(InputError, match="n_to_select"):
-        bad.fit(np.ones((4, 3)))
+        fit(bad, np.ones((4, 3)))
 
 
 # ----------------------------------------------------------------------------- fit
@@ -115,23 +129,23 @@ def test_fit_returns_self_with_valid_picks_and_is_idempotent(name, data):
     with pytest.raises(NotFittedError):
         check_is_fitted(sel)
     params = sel.get_params()
-    assert sel.fit(X) is sel
+    assert fit(sel, X) is sel
     assert sel.get_params() == params  # fit does not touch the parameters
     assert_valid(sel, len(X))
     assert sel.gains_unit_ == type(sel).gains_unit
     picks, gains = sel.selected_idx_.copy(), sel.gains_.copy()
-    sel.fit(X)
+    fit(sel, X)
     np.testing.assert_array_equal(sel.selected_idx_, picks)
     np.testing.assert_array_equal(sel.gains_, gains)
     again = clone(sel)
     assert not hasattr(again, "selected_idx_")  # a clone is unfitted
-    np.testing.assert_array_equal(again.fit(X).selected_idx_, picks)  # same seed, same picks
+    np.testing.assert_array_equal(fit(again, X).selected_idx_, picks)  # same seed, same picks
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_conditioning_on_a_training_set_keeps_picks_valid(name, data):
     X, Xtr, _ = data
-    sel = build(name).fit(X, X_train=Xtr)
+    sel = fit(build(name), X, X_train=Xtr)
     assert_valid(sel, len(X))
 
 
@@ -141,9 +155,9 @@ def test_target_refused_exactly_when_not_used(name, data):
     cls = selector_class(name)
     if not cls.uses_target:
         with pytest.raises(InputError, match="target"):
-            build(name).fit(X, X_target=Xtg)
+            fit(build(name), X, X_target=Xtg)
     else:
-        assert_valid(build(name, **TARGET_PARAMS.get(name, {})).fit(X, X_target=Xtg), len(X))
+        assert_valid(fit(build(name, **TARGET_PARAMS.get(name, {})), X, X_target=Xtg), len(X))
 
 
 def test_info_gain_takes_a_target_only_with_nipv(data):
@@ -157,10 +171,10 @@ def test_info_gain_takes_a_target_only_with_nipv(data):
 def test_labels_are_ignored_by_label_free_selectors(name, data):
     X, Xtr, _ = data
     y = np.linspace(-2.0, 3.0, len(Xtr)) ** 2  # eV
-    with_y = build(name).fit(X, X_train=Xtr, y_train=y)
+    with_y = fit(build(name), X, X_train=Xtr, y_train=y)
     assert_valid(with_y, len(X))
     if not selector_class(name).uses_labels:
-        without = build(name).fit(X, X_train=Xtr)
+        without = fit(build(name), X, X_train=Xtr)
         np.testing.assert_array_equal(with_y.selected_idx_, without.selected_idx_)
         np.testing.assert_array_equal(with_y.gains_, without.gains_)
 
@@ -171,6 +185,7 @@ def test_labels_are_ignored_by_label_free_selectors(name, data):
     ("a-optimal", {}),
     ("i-optimal", {}),
     ("fps", {}),
+    ("ggfps", {"beta": 1.5}),  # a constant β: a β schedule restarts with each fit
     ("info-gain", {}),
     ("info-gain", {"acquisition": "nipv"}),
 ])
@@ -179,9 +194,9 @@ def test_continued_selection_equals_the_fresh_one(name, params):
     # gives the rest of the fresh selection, with the same gains.
     X = summed_soap_like(np.random.default_rng(8), 30)
     target = {"X_target": X} if name == "i-optimal" or params.get("acquisition") == "nipv" else {}
-    fresh = build(name, 8, **params).fit(X, **target)
+    fresh = fit(build(name, 8, **params), X, **target)  # fit() derives force norms row by row: a continued run sees the same ones
     first = fresh.selected_idx_[:3]
     rest = np.setdiff1d(np.arange(len(X)), first)
-    cont = build(name, 5, **params).fit(X[rest], X_train=X[first], **target)
+    cont = fit(build(name, 5, **params), X[rest], X_train=X[first], **target)
     np.testing.assert_array_equal(rest[cont.selected_idx_], fresh.selected_idx_[3:])
     np.testing.assert_allclose(cont.gains_, fresh.gains_[3:], rtol=1e-7, atol=1e-12)

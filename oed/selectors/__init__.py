@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "a-optimal": "oed.selectors.a_optimal:GreedyAOptimal",
     "i-optimal": "oed.selectors.i_optimal:GreedyIOptimal",
     "fps": "oed.selectors.fps:FarthestPointSampling",
+    "ggfps": "oed.selectors.ggfps:GGFPS",
     "cur": "oed.selectors.cur:CURSelector",
     "kmeans": "oed.selectors.kmeans:KMeansMedoids",
     "info-gain": "oed.selectors.info_gain:GPInformationGain",

@@ -57,6 +57,13 @@ class SelectorBase(BaseEstimator):
         The constructor takes ``reg``, the prior precision λ of the
         linear-Gaussian model (default
         :data:`oed.information.DEFAULT_PRIOR_PRECISION`).
+    uses_force_norms : bool
+        ``fit`` takes, and requires, ``force_norms``: one force norm ‖F‖ per
+        pool configuration (eV/Å, from a cheap model), checked by
+        :func:`check_force_norms`. ``fit`` then has that one keyword more.
+        Selectors without the tag have no such keyword, and
+        :func:`oed.design.fit_selector` refuses force norms for them with an
+        :class:`~oed.errors.InputError`, as it refuses a target.
     gains_unit : str
         What ``gains_`` measures ("nats", "variance reduction", "feature
         distance", "leverage", "cluster size").
@@ -66,6 +73,7 @@ class SelectorBase(BaseEstimator):
     uses_labels: ClassVar[bool] = False
     uses_random_state: ClassVar[bool] = False
     uses_prior_precision: ClassVar[bool] = False
+    uses_force_norms: ClassVar[bool] = False
     gains_unit: ClassVar[str] = ""
 
     def _validate(self, X, X_train, X_target=None, *, blocks: bool = False):
@@ -116,6 +124,29 @@ class SelectorBase(BaseEstimator):
         self.gains_ = gains
         self.n_selected_ = len(picks)
         self.gains_unit_ = self.gains_unit if unit is None else unit
+
+
+def check_force_norms(force_norms, n_pool: int) -> np.ndarray:
+    """``force_norms`` as a float array of shape (n_pool,); eV/Å, finite and >= 0.
+
+    Raises
+    ------
+    InputError
+        Missing (None), not numeric, wrong shape, NaN/inf or negative values.
+    """
+    if force_norms is None:
+        raise InputError("force_norms is required: one force norm ||F|| (eV/Å) per pool configuration")
+    try:
+        g = np.asarray(force_norms, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"force_norms must be numbers: {exc}") from exc
+    if g.shape != (n_pool,):
+        raise InputError(f"force_norms must have shape ({n_pool},), one per pool configuration, got {g.shape}")
+    if not np.all(np.isfinite(g)):
+        raise InputError("force_norms contains NaN or infinite values")
+    if np.any(g < 0):
+        raise InputError(f"force_norms must be >= 0 (they are norms), smallest is {g.min()}")
+    return g
 
 
 def check_is_fitted(selector) -> None:
