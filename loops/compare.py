@@ -218,15 +218,16 @@ class CompareConfig:
         ``gap-kernel`` features are the ones the GAP itself owns
         (:meth:`loops.gap.GAPModel.feature_spec`: its SOAP, ζ, sparse method and sparse-point
         counts, rows scaled by its expected errors), so selection works in the model's feature
-        space; with another model, those of a GAP with default settings.
+        space; with another model, those of a GAP with default settings. ``gap-gp`` spaces
+        whiten them by the GAP's sparse-GP prior K_MM/δ² (``FeatureSpec(prior="kmm")``).
         """
         if strategy.model is not None:
             return None
-        if strategy.space == "gap-kernel":
+        if strategy.space in ("gap-kernel", "gap-gp"):
             from loops.models import make_model
 
             gap = make_model("gap", self.settings() if self.model == "gap" else None)
-            return gap.feature_spec(strategy.forces)
+            return gap.feature_spec(strategy.forces, prior="kmm" if strategy.space == "gap-gp" else "identity")
         return FeatureSpec(kind=strategy.space, forces=strategy.forces)
 
     def fingerprint(self, pool_digest: str, target_digest: str | None) -> dict:

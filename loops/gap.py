@@ -485,7 +485,7 @@ class GAPModel(SubprocessModel):
         """
         return self._new_quippy()
 
-    def feature_spec(self, forces: bool) -> FeatureSpec:
+    def feature_spec(self, forces: bool, prior: str = "identity") -> FeatureSpec:
         """The features this GAP selects in: its own SOAP, kernel and sparsification.
 
         GAP kernel features φ(A) = Σ_i k(q̂_i, Q_M) (docs/design.md §1) with quippy's SOAP at
@@ -500,6 +500,8 @@ class GAPModel(SubprocessModel):
         ----------
         forces : bool
             Add the 3N force rows to each configuration's block.
+        prior : {"identity", "kmm"}, default "identity"
+            ``"kmm"``: rows whitened by this GAP's sparse-GP prior K_MM/δ² (``gap-gp`` spaces).
 
         Raises
         ------
@@ -521,6 +523,7 @@ class GAPModel(SubprocessModel):
             kind="gap-kernel", backend="quippy", forces=bool(forces), sigma_energy=s.energy_sigma,
             sigma_force=s.force_sigma, r_cut=s.cutoff, n_max=s.n_max, l_max=s.l_max, sigma=s.atom_sigma,
             diagonal_radial=s.diagonal_radial, zeta=s.zeta, n_sparse=s.n_sparse, sparse_method=method,
+            prior=prior, delta=s.delta,
         )
 
     def _evaluate(self, frames: Sequence[Atoms], pot: Any, progress: bool = False) -> Iterator[Atoms]:

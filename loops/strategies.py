@@ -38,10 +38,17 @@ SPACES = {
     "soap+forces": ("soap", True),
     "gap-kernel": ("gap-kernel", False),
     "gap-kernel+forces": ("gap-kernel", True),
+    # the same kernel features whitened by the GAP's sparse-GP prior K_MM/δ² (FeatureSpec prior="kmm")
+    "gap-gp": ("gap-gp", False),
+    "gap-gp+forces": ("gap-gp", True),
     "mace": ("mace", False),
 }
 #: Strategies that rank by a fitted model's uncertainty, and which model.
 MODEL_STRATEGIES = {"gap-variance": "gap"}
+#: Bias-aware selection with a cheap oracle (loops.lfab): driven by the GAP fitted so far, batches
+#: clustered in an energy-row space (``lfab@soap``, ``lfab@gap-kernel``; default summed SOAP).
+LFAB_STRATEGIES = ("lfab", "lfab-top", "lfab-energy")
+MODEL_STRATEGIES.update(dict.fromkeys(LFAB_STRATEGIES, "gap"))
 
 
 @dataclass(frozen=True)
@@ -69,11 +76,18 @@ def parse_strategy(text: str, *, select_with: str = "soap", features: str = "ene
     Raises
     ------
     InputError
-        Unknown strategy or space; a space given to ``gap-variance``; force rows with MACE.
+        Unknown strategy or space; a space given to ``gap-variance``; force rows with MACE;
+        ``lfab`` in a space other than soap or gap-kernel.
     """
     name, at, space = text.partition("@")
     if name not in MODEL_STRATEGIES:
         selector_class(name)
+    if name in LFAB_STRATEGIES:
+        space = space if at else "soap"
+        if SPACES.get(space, (None, True))[1] or space == "mace":
+            raise InputError(f"{name} clusters configurations in an energy-row space: soap or gap-kernel, "
+                             f"got {space!r} in {text!r}")
+        return StrategySpec(label=text, name=name, space=space, forces=False)
     if at:
         if name in MODEL_STRATEGIES:
             raise InputError(f"{name} selects by the model's predictive variance: it takes no feature space ({text!r})")
@@ -307,8 +321,14 @@ class ModelSpaceStrategy:
         return select(self.name, k, X, cand, labelled, seed=ctx.seed, reg=self.reg)
 
 
-def make_strategy(spec: StrategySpec, feature_spec: FeatureSpec | None, *, reg: float = DEFAULT_REG):
-    """The strategy object of a parsed ``name[@space]``; ``feature_spec`` for selector strategies."""
+def make_strategy(spec: StrategySpec, feature_spec: FeatureSpec | None, *, reg: float = DEFAULT_REG,
+                  run_dir: Path | None = None, seed: int = 0):
+    """The strategy object of a parsed ``name[@space]``; ``feature_spec`` for selector strategies
+    (and the clustering space of ``lfab``); ``run_dir`` and the campaign ``seed`` for ``lfab``."""
+    if spec.name in LFAB_STRATEGIES:
+        from loops.lfab import make_lfab
+
+        return make_lfab(spec.label, spec.name, feature_spec, run_dir=run_dir, seed=seed)
     if spec.name in MODEL_STRATEGIES:
         return VarianceStrategy(label=spec.label)
     if spec.space == "mace":

@@ -57,6 +57,13 @@ class FeatureSpec:
         Radially diagonal power spectrum, as a GAP with ``diagonal_radial``
         (quippy back-end only).
     zeta, n_sparse, sparse_method : GAP kernel settings ("gap-kernel" only).
+    prior : {"identity", "kmm"}
+        Prior of the feature coefficients: ``"identity"`` (Λ₀ = λI on the rows as they are)
+        or, for "gap-kernel", ``"kmm"``: the sparse GAP's own prior K_MM/δ², built in by
+        whitening the rows (:meth:`oed.features.GAPKernelFeatures.prior_whitening`), so
+        selectors use it with λ = 1.
+    delta : float
+        GAP's ``delta`` (eV), the prior scale with ``prior="kmm"``.
     """
 
     kind: str = "soap"
@@ -72,6 +79,8 @@ class FeatureSpec:
     zeta: int = 4
     n_sparse: int = 200
     sparse_method: str = "fps"
+    prior: str = "identity"
+    delta: float = 1.0
 
     def validate(self) -> None:
         """Raise :class:`InputError` for settings no feature map accepts."""
@@ -79,6 +88,12 @@ class FeatureSpec:
             raise InputError(f"unknown feature kind {self.kind!r}; choose soap or gap-kernel")
         if not (self.sigma_energy > 0 and self.sigma_force > 0):
             raise InputError("sigma_energy and sigma_force must be > 0")
+        if self.prior not in ("identity", "kmm"):
+            raise InputError(f"unknown prior {self.prior!r}; choose identity or kmm")
+        if self.prior == "kmm" and self.kind != "gap-kernel":
+            raise InputError("prior='kmm' (the sparse GAP's K_MM/δ²) needs kind='gap-kernel'")
+        if not self.delta > 0:
+            raise InputError(f"delta must be > 0, got {self.delta!r}")
         if self.diagonal_radial and self.backend != "quippy":
             raise InputError("diagonal_radial SOAP needs the quippy back-end (backend='quippy')")
 
@@ -134,7 +149,12 @@ def design_features(
             from oed.features import soap_design_blocks
 
             return soap_design_blocks(frames, feature_map(), **kw)
-        return feature_map().design_blocks(frames, **kw)
+        blocks = feature_map().design_blocks(frames, **kw)
+        if spec.prior == "kmm":
+            if "whitening" not in fitted:
+                fitted["whitening"] = feature_map().prior_whitening(spec.delta)
+            blocks = DesignBlocks(blocks.rows @ fitted["whitening"], blocks.offsets)
+        return blocks
 
     def cached(frames, role):
         if cache_dir is False:

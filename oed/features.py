@@ -209,6 +209,48 @@ class GAPKernelFeatures:
         self.kernel_mm_ = block_diag(*[(p @ p.T) ** int(self.zeta) for p in points.values()])
         return self
 
+    def prior_whitening(self, delta: float = 1.0, *, jitter: float = 1e-8) -> np.ndarray:
+        """Matrix W with which design rows ``J @ W`` have the sparse GP's prior as identity.
+
+        A sparse GAP (subset of regressors) puts the prior α ~ N(0, δ² K_MM⁻¹) on the
+        coefficients of φ (Quiñonero-Candela & Rasmussen, JMLR 6, 1939, 2005), i.e. the prior
+        precision Λ₀ = K_MM/δ². With K_MM = V diag(w) Vᵀ (per species: K_MM is block diagonal)
+        and W = δ V diag(w)^{-1/2}, α = W β gives β ~ N(0, I), and E = φᵀα = (φᵀW)β: every
+        selector built on Λ₀ = λI then works in the GAP's own prior with λ = 1. Eigenvalues
+        below ``jitter`` × the largest of their block are raised to it, as gap_fit adds
+        ``sparse_jitter`` to K_MM; for exact kernel rows ‖φᵀW‖² ≤ δ² k(x, x) stays bounded.
+
+        Parameters
+        ----------
+        delta : float, default 1.0
+            GAP's ``delta``, the prior scale of an atomic energy (eV; rows in noise units).
+        jitter : float, default 1e-8
+            Relative floor of K_MM's eigenvalues.
+
+        Returns
+        -------
+        ndarray, shape (n_features_, n_features_)
+            Block diagonal, like K_MM.
+
+        Raises
+        ------
+        NotFittedError
+        InputError
+            A non-positive ``delta`` or ``jitter``.
+        """
+        self._check_fitted()
+        if not (delta > 0 and jitter > 0):
+            raise InputError(f"delta and jitter must be > 0, got {delta!r} and {jitter!r}")
+        W = np.zeros((self.n_features_, self.n_features_))
+        start = 0
+        for Q in self.sparse_points_.values():
+            cols = slice(start, start + len(Q))
+            start += len(Q)
+            w, V = np.linalg.eigh((Q @ Q.T) ** int(self.zeta))
+            w = np.maximum(w, jitter * float(w.max()))  # K_MM has unit diagonal: max(w) >= 1
+            W[cols, cols] = delta * V / np.sqrt(w)
+        return W
+
     def _select(self, X: np.ndarray, m: int) -> np.ndarray:
         """Indices of ``m`` rows of ``X`` (all when ``m == len(X)``).
 

@@ -32,6 +32,8 @@ REGISTRY: dict[str, str] = {
     "cur": "oed.selectors.cur:CURSelector",
     "kmeans": "oed.selectors.kmeans:KMeansMedoids",
     "info-gain": "oed.selectors.info_gain:GPInformationGain",
+    "lcmd": "oed.selectors.lcmd:LCMD",
+    "kmeans++": "oed.selectors.kmeanspp:KMeansPPPosterior",
 }
 
 
