@@ -328,7 +328,7 @@ def make_strategy(spec: StrategySpec, feature_spec: FeatureSpec | None, *, reg: 
     if spec.name in LFAB_STRATEGIES:
         from loops.lfab import make_lfab
 
-        return make_lfab(spec.label, spec.name, feature_spec, run_dir=run_dir, seed=seed)
+        return make_lfab(spec, feature_spec, run_dir=run_dir, seed=seed)
     if spec.name in MODEL_STRATEGIES:
         return VarianceStrategy(label=spec.label)
     if spec.space == "mace":
