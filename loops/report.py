@@ -276,6 +276,33 @@ def paired_aulc_ratio(curve: Curve, ref: Curve) -> tuple[float, float, int] | No
     return math.exp(mean), (math.exp(half) if not math.isnan(half) else math.nan), len(seeds)
 
 
+def paired_efficiency(curve: Curve, ref: Curve, budget: int) -> tuple[float, float, float, int] | None:
+    """Label efficiency at ``budget`` seed by seed: each seed's error against the same seed's reference curve.
+
+    The seeds of a comparison share their candidates, so the efficiency is computed within each
+    seed (:func:`label_efficiency` of the strategy's error on the reference's curve of that seed)
+    and summarised as a geometric mean with its 95 % Student-t interval. A seed whose error lies
+    outside the reference's measured range enters with the bound at the nearest end (its ratio
+    is then at least, or at most, that value), which narrows the interval towards the range.
+
+    Returns
+    -------
+    (geometric mean, lower, upper, n seeds) or None
+        None when no seed has both curves at ``budget`` and at every reference budget.
+    """
+    if budget not in curve.values:
+        return None
+    seeds = sorted(set(curve.values[budget]) & set(ref.seeds()))
+    if not seeds:
+        return None
+    logs = [math.log(label_efficiency(curve.values[budget][s], budget, list(ref.budgets),
+                                      [ref.values[b][s] for b in ref.budgets]).ratio) for s in seeds]
+    mean, half = t_interval(logs)
+    if math.isnan(half):
+        return math.exp(mean), math.nan, math.nan, len(seeds)
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(seeds)
+
+
 def summary_tables(rows: Sequence[Mapping], *, reference: str = "random", second: str | None = "fps",
                    level: int = 2) -> str:
     """Markdown: per test set, the learning curves of its MAEs, efficiencies and AULC.

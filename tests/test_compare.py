@@ -15,7 +15,7 @@ from loops.oracles import ReplayOracle, bare
 from loops.strategies import candidates, eligible
 from loops.errors import RunMismatchError
 from loops.gap import GAPSettings
-from loops.report import aulc, label_efficiency, read_results, render_summary, t_interval
+from loops.report import Curve, aulc, label_efficiency, paired_efficiency, read_results, render_summary, t_interval
 from oed.errors import InputError
 
 DATA = Path(__file__).parent.parent / "data" / "ethanol"
@@ -72,6 +72,20 @@ def test_label_efficiency_and_aulc_on_a_power_law():
     # mean of log10(error) over log10(budget) from 1 to 3 is 1 → 10 meV
     assert aulc(budgets, errors) == pytest.approx(10.0)
     assert aulc([50], [3.0]) == 3.0
+
+
+def test_paired_efficiency_is_computed_within_each_seed():
+    budgets = (10, 100, 1000)
+    # seed 0's reference is 10x worse than seed 1's; the strategy halves each seed's error at k = 100
+    ref = Curve(budgets, {b: {0: 10000.0 / b, 1: 1000.0 / b} for b in budgets})
+    strat = Curve(budgets, {b: {0: 5000.0 / b, 1: 500.0 / b} for b in budgets})
+    g, lo, hi, n = paired_efficiency(strat, ref, 100)
+    assert n == 2 and g == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+    # pooled means would mix the seeds' scales; within seeds the answer is exactly 2 for both
+    worse = Curve(budgets, {b: {0: 20000.0 / b, 1: 1000.0 / b} for b in budgets})
+    g, lo, hi, n = paired_efficiency(worse, ref, 100)
+    assert g == pytest.approx(0.5**0.5) and lo < g < hi
+    assert paired_efficiency(strat, ref, 50) is None
 
 
 # -- the replay oracle ---------------------------------------------------------------------------------
