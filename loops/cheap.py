@@ -6,7 +6,8 @@ level — GFN2-xTB through tblite (:mod:`loops.xtb`) against PBE/def2-SVP — an
 model disagrees with it. Those labels are not the target: :class:`CheapLabels` keeps them in an
 ase.db of their own (``<run dir>/cheap_labels.db``, beside but apart from ``labels.db``), so
 that they cannot reach a DFT training set, and accounts for what they cost so that a comparison
-can charge them to the strategy (:mod:`loops.compare`, ``cheap_cost.csv``).
+can charge them to the strategy (:func:`account`: ``oed compare``'s cell records, ``cheap_cost.csv``
+and the label-cost table of ``summary.md``, in DFT-label equivalents).
 
 Storage and resumption are the oracle machinery's (:class:`~loops.oracles.LabelBook` over a
 :class:`~loops.store.LabelStore`): one committed row per configuration, keyed by structure hash,
@@ -17,6 +18,7 @@ nothing new, and a failed cheap label stays failed (its candidate simply has no 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,9 +29,10 @@ from ase import Atoms
 
 from loops.oracles import LabelBook, make_oracle
 from loops.parallel import Executor
-from oed.io import REF_ENERGY, REF_FORCES, structure_hash
+from oed.io import REF_ENERGY, REF_FORCES, atomic_write_text, structure_hash
 
-__all__ = ["CHEAP_DB", "DEFAULT_CHEAP_ORACLE", "CheapCost", "CheapLabels"]
+__all__ = ["CHEAP_DB", "DEFAULT_CHEAP_ORACLE", "DFT_LABEL_SECONDS", "CheapCost", "CheapLabels", "account", "cost_table",
+           "dft_label_seconds"]
 
 #: File name of the cheap labels inside a run directory (never ``labels.db``).
 CHEAP_DB = "cheap_labels.db"
@@ -99,6 +102,10 @@ class CheapLabels:
         self._book = LabelBook(cheap, self.path, frames)
         self.n_computed_ = 0
 
+    def pending(self, indices: Iterable[int]) -> list[int]:
+        """Indices without a row yet: what :meth:`ensure` would send to the cheap oracle."""
+        return self._book.pending(indices)
+
     def ensure(self, indices: Iterable[int]) -> int:
         """Cheap-label the configurations of ``indices`` that have no row yet; returns how many.
 
@@ -147,3 +154,87 @@ class CheapLabels:
             rows = {k: v for k, v in rows.items() if k in keys}
         return CheapCost(n_labels=len(rows), n_failed=sum(not ok for ok, _ in rows.values()),
                          seconds=float(sum(s for _, s in rows.values())))
+
+
+# -- what a comparison charges each strategy ------------------------------------------------------------
+#: Seconds of one PBE/def2-SVP label of an ethanol configuration on 2 cores (PySCF, density fitting;
+#: docs/design.md §6, DESIGN.md "Measured reference"): the DFT cost per label when none is measured.
+DFT_LABEL_SECONDS = 8.0
+
+
+def dft_label_seconds(labels_db: str | os.PathLike | None, level_of_theory: str,
+                      default: float = DFT_LABEL_SECONDS) -> tuple[float, str]:
+    """Seconds per DFT label: the mean of the successful labels in ``labels_db``, else ``default``.
+
+    Returns ``(seconds, source)`` with ``source`` ``"measured (n labels)"`` or ``"given"``. A replayed
+    pool has no labels.db (its labels cost nothing here): ``default`` then stands for what they cost.
+    """
+    if labels_db is not None and Path(labels_db).exists():
+        from ase.db import connect
+
+        seconds = [float(row.get("seconds", 0.0)) for row in
+                   connect(str(labels_db), type="db").select(level_of_theory=level_of_theory) if row.ok]
+        seconds = [s for s in seconds if s > 0]
+        if seconds:
+            return float(np.mean(seconds)), f"measured ({len(seconds)} labels)"
+    return float(default), "given"
+
+
+def account(out: str | os.PathLike, campaigns, dft_seconds: float) -> list[dict]:
+    """Charge each finished cell its cheap labels; write them into the cell records.
+
+    A campaign whose strategy reads a cheap oracle (``cheap_cost(round)``, :mod:`loops.lfab`)
+    is charged the cheap labels its selections up to the cell's round used; others are charged
+    none. Each cell record (``cells/<strategy>/seed<s>/k<budget>.json``) gets ``cheap_labels``,
+    ``cheap_failed`` and ``cheap_seconds``, rewritten atomically only when they change.
+
+    Returns
+    -------
+    list of dict
+        One row per finished cell: strategy, seed, budget, dft_labels (picks sent to the
+        oracle, failures included), cheap_labels, cheap_failed, cheap_seconds (s),
+        cheap_dft_equivalents (cheap_seconds / ``dft_seconds``) and total_dft_equivalents.
+    """
+    from loops.cells import cell_path, read_cell
+
+    rows = []
+    for campaign in campaigns:
+        cost_of = getattr(campaign.strategy, "cheap_cost", None)
+        for r, budget in enumerate(campaign.schedule):
+            record = read_cell(Path(out), campaign.label, campaign.seed, budget)
+            if record is None:
+                continue
+            cost = cost_of(r) if cost_of is not None else CheapCost(0, 0, 0.0)
+            new = {"cheap_labels": cost.n_labels, "cheap_failed": cost.n_failed,
+                   "cheap_seconds": round(cost.seconds, 4)}
+            if any(record.get(k) != v for k, v in new.items()):
+                record.update(new)
+                atomic_write_text(cell_path(Path(out), campaign.label, campaign.seed, budget),
+                                  json.dumps(record, indent=1))
+            dft = int(record["n_labelled"]) + int(record.get("n_failed", 0))
+            equiv = cost.seconds / dft_seconds
+            rows.append({"strategy": campaign.label, "seed": campaign.seed, "budget": budget, "dft_labels": dft,
+                         **new, "cheap_dft_equivalents": round(equiv, 4),
+                         "total_dft_equivalents": round(dft + equiv, 4)})
+    return rows
+
+
+def cost_table(rows: list[dict], dft_seconds: float, source: str) -> str:
+    """A Markdown section: DFT labels and cheap labels per strategy and budget (means over seeds)."""
+    if not any(r["cheap_labels"] for r in rows):
+        return ""
+    by: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["strategy"], r["budget"]), []).append(r)
+    title = (f"## Label cost (one DFT label = {dft_seconds:.3g} s, {source}; cheap labels in DFT-label "
+             "equivalents = their seconds / that; means over seeds)")
+    lines = ["", title, "",
+             "| strategy | budget | DFT labels | cheap labels | cheap seconds | cheap in DFT labels | total in DFT labels |",
+             "|---|---|---|---|---|---|---|"]
+    for (strategy, budget), g in sorted(by.items()):
+        mean = {k: float(np.mean([r[k] for r in g])) for k in ("dft_labels", "cheap_labels", "cheap_seconds",
+                                                                "cheap_dft_equivalents", "total_dft_equivalents")}
+        lines.append(f"| {strategy} | {budget} | {mean['dft_labels']:.0f} | {mean['cheap_labels']:.0f} | "
+                     f"{mean['cheap_seconds']:.2f} | {mean['cheap_dft_equivalents']:.2f} | "
+                     f"{mean['total_dft_equivalents']:.2f} |")
+    return "\n".join(lines) + "\n"

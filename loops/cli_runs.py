@@ -245,7 +245,7 @@ def compare(
     pool: Annotated[Path, typer.Option(help="Labelled candidate configurations (extxyz): the replay oracle.")],
     test: Annotated[list[Path], typer.Option(help="Test file (repeat for several): ID and OOD sets.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (rerun to resume or extend).")],
-    strategies: Annotated[str, typer.Option(help="Comma-separated strategies (selectors, or gap-variance in sequential mode).")] = "random,fps,cur,kmeans,d-optimal,i-optimal",
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies (selectors; gap-variance or lfab in sequential mode; ggfps and lfab read GFN2-xTB labels of the candidates, counted in cheap_cost.csv).")] = "random,fps,cur,kmeans,d-optimal,i-optimal",
     budgets: Annotated[str, typer.Option(help="Comma-separated training-set sizes.")] = "25,50,100,200",
     seeds: Annotated[int, typer.Option(help="Number of seeds (0 … N−1).")] = 5,
     model: Annotated[str, typer.Option("--model", "--train-with", help="Model trained and scored: gap or mace.")] = "gap",
@@ -261,6 +261,7 @@ def compare(
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: run cells on a Dask cluster.")] = None,
     keep_models: Annotated[bool, typer.Option("--keep-models", help="Keep every fitted model's files.")] = False,
     md_stability: Annotated[int, typer.Option(help="Per cell, MD steps (0.5 fs, 300 K) from 4 geometries of the first test file: time to the first physical failure (broken bond, fragments, collision, energy blow-up) in summary.md and md_stability.csv. 0: off.")] = 0,
+    dft_label_seconds: Annotated[float, typer.Option(help="Seconds per DFT label, to count cheap-oracle labels (lfab, ggfps) in DFT-label equivalents when the oracle's are not measured (pool replay). Default: PBE/def2-SVP, one ethanol, 2 cores.")] = 8.0,
 ) -> None:
     """Compare selection strategies: strategies × seeds × budgets, errors in and out of distribution.
 
@@ -275,6 +276,7 @@ def compare(
         budgets=_csv_list(budgets, "--budgets", int), n_seeds=seeds, model=model, select_with=select_with,
         features=features, mode=mode, oracle=oracle, pool_fraction=pool_fraction, target=target, e0s_file=e0s,
         test_limit=test_limit, workers=_parse_workers(workers), keep_models=keep_models, md_stability_steps=md_stability,
+        dft_label_seconds=dft_label_seconds,
     )
     from loops.parallel import dask_client
 

@@ -52,6 +52,7 @@ from loops.parallel import Executor
 from loops.rundir import check_run_dir, check_settings, run_lock
 from loops.settings import fingerprint_fields
 from loops.strategies import (
+    LFAB_STRATEGIES,
     Features,
     RandomStrategy,
     StrategySpec,
@@ -123,6 +124,11 @@ class CompareConfig:
         Per cell, MD steps (0.5 fs, 300 K) from 4 test geometries to measure the time to the first
         physical failure (0: not measured); in ``md_stability.csv`` and ``summary.md``. Cells
         finished before it was asked keep no stability (remove them to measure it).
+    dft_label_seconds : float
+        Seconds one DFT label costs, to express cheap-oracle labels (``lfab``, ``ggfps``) in
+        DFT-label equivalents when the oracle's own are not measured (a replayed pool); default
+        8 s, PBE/def2-SVP of one ethanol on 2 cores (docs/design.md §6). A live oracle's mean
+        label time from ``labels.db`` is used instead.
     """
 
     pool: Path
@@ -145,6 +151,7 @@ class CompareConfig:
     reg: float = DEFAULT_REG
     keep_models: bool = False
     md_stability_steps: int = 0
+    dft_label_seconds: float = 8.0
 
     def validate(self) -> None:
         """Check the settings before any work.
@@ -197,6 +204,8 @@ class CompareConfig:
             raise InputError(f"workers must be >= 1, got {self.workers}")
         if not self.reg > 0:
             raise InputError(f"reg must be > 0, got {self.reg}")
+        if not (isinstance(self.dft_label_seconds, (int, float)) and self.dft_label_seconds > 0):
+            raise InputError(f"dft_label_seconds must be > 0, got {self.dft_label_seconds!r}")
 
     @property
     def seeds(self) -> list[int]:
@@ -221,8 +230,8 @@ class CompareConfig:
         space; with another model, those of a GAP with default settings. ``gap-gp`` spaces
         whiten them by the GAP's sparse-GP prior K_MM/δ² (``FeatureSpec(prior="kmm")``).
         """
-        if strategy.model is not None:
-            return None
+        if strategy.model is not None and strategy.name not in LFAB_STRATEGIES:
+            return None  # lfab is model-driven too, but clusters its batches in a feature space
         if strategy.space in ("gap-kernel", "gap-gp"):
             from loops.models import make_model
 
@@ -324,7 +333,7 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
         for seed in config.seeds:
             campaigns.append(Campaign(
                 out=out, label=spec.label, seed=seed, allowed=candidates(allowed, seed, config.pool_fraction),
-                strategy=make_strategy(spec, fspec, reg=config.reg), book=book,
+                strategy=make_strategy(spec, fspec, reg=config.reg, run_dir=out, seed=seed), book=book,
                 model=ModelRef(config.model, config.settings(), seed=seed), e0s=e0s, tests=tests,
                 schedule=budgets, features=features, ahead=config.mode == "oneshot",
                 first=RandomStrategy() if spec.model else None, test_limit=config.test_limit,
@@ -333,6 +342,7 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
         if fspec is not None:  # computed once here; campaigns (and workers, from the cache) reuse them
             log(_describe(fspec, len(pool)))
             features.get(fspec)
+    _cheap_labels(campaigns, pool, out, config, progress, log)
     t0 = time.perf_counter()
     if config.mode == "oneshot":
         _run_oneshot(campaigns, book, config, executor, log)
@@ -354,10 +364,51 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
     summary = render_summary(out / "results.csv", header=header)
     if config.md_stability_steps:
         summary += _stability_table(out, config, budgets)
+    summary += _cost_table(out, campaigns, config, oracle, live)
     atomic_write_text(out / "summary.md", summary)
     plot_learning_curves(rows, out, title_prefix=f"{config.model}, {config.mode}: ")
     log(f"comparison finished in {time.perf_counter() - t0:.0f} s: {out / 'summary.md'}")
     return rows
+
+
+def _cheap_labels(campaigns: list[Campaign], pool, out: Path, config: CompareConfig, progress: bool, log: Log) -> None:
+    """Cheap-label, here and once, every candidate of the strategies that read a cheap oracle.
+
+    Those strategies (:mod:`loops.lfab`) would label what they miss themselves, but campaigns
+    may run in worker processes that cannot start their own: so the union of their candidate
+    sets is labelled in this process, in parallel, into ``cheap_labels.db``. Each campaign is
+    charged the labels it reads (:func:`loops.cheap.account`), not who computed them.
+    """
+    from loops.cheap import CHEAP_DB, CheapLabels
+
+    wanted: dict[str, set[int]] = {}
+    for campaign in campaigns:
+        if hasattr(campaign.strategy, "cheap_labels"):
+            wanted.setdefault(campaign.strategy.cheap, set()).update(int(i) for i in campaign.allowed)
+    for name, indices in wanted.items():
+        store = CheapLabels(pool, out / CHEAP_DB, oracle=name,
+                            executor=Executor(workers=config.workers, progress=progress))
+        todo = store.pending(sorted(indices))
+        if todo:
+            t0 = time.perf_counter()
+            store.ensure(todo)
+            log(f"cheap labels ({store.name}) of {len(todo)} candidates in {time.perf_counter() - t0:.0f} s, "
+                f"in {out / CHEAP_DB}, apart from the DFT labels")
+
+
+def _cost_table(out: Path, campaigns: list[Campaign], config: CompareConfig, oracle, live: bool) -> str:
+    """Cheap-label cost of every finished cell: into the cell records, ``cheap_cost.csv`` and a summary table."""
+    import pandas as pd
+
+    from loops.cheap import account, cost_table, dft_label_seconds
+
+    seconds, source = dft_label_seconds(out / "labels.db" if live else None, oracle.name,
+                                        default=config.dft_label_seconds)
+    rows = account(out, campaigns, seconds)
+    if not rows:
+        return ""
+    atomic_write_text(out / "cheap_cost.csv", pd.DataFrame(rows).to_csv(index=False))
+    return cost_table(rows, seconds, source)
 
 
 def _stability_table(out: Path, config: CompareConfig, budgets) -> str:

@@ -26,10 +26,14 @@ A candidate whose cheap label failed has no proxy error: it is left out of the c
 the ranking, and is picked only by the fill-up (largest remaining errors first, then the
 unscored in a seeded random order) when fewer than k scored picks exist.
 
-Per round the strategy writes ``selections/<label>/seed<s>.lfab.json`` (atomically): the picks,
+Per round the strategy writes ``selections/<label>/seed<s>.cheap.json`` (atomically): the picks,
 their proxy errors, a summary of the candidates' errors, the Δ-model's training size and the
 cheap-label accounting, cumulative over the campaign (:meth:`LFaBStrategy.cheap_cost`, which
 ``oed compare`` puts into each cell record and ``cheap_cost.csv``).
+
+:class:`ForceNormStrategy` feeds the same cheap labels to a selector that weights by force
+norms (GGFPS, ``oed.selectors.ggfps``): label-free with respect to DFT, its cheap labels counted
+the same way.
 """
 
 from __future__ import annotations
@@ -42,11 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from loops.cheap import CHEAP_DB, DEFAULT_CHEAP_ORACLE, CheapCost, CheapLabels
-from oed.design import FeatureSpec
+from oed.design import DEFAULT_REG, FeatureSpec
 from oed.errors import InputError
 from oed.io import REF_ENERGY, REF_FORCES, atomic_write_text
 
-__all__ = ["LFAB_VARIANTS", "LFaBStrategy", "error_weighted_kmeans", "pick_batch", "proxy_errors"]
+__all__ = ["LFAB_VARIANTS", "CheapStrategy", "ForceNormStrategy", "LFaBStrategy", "error_weighted_kmeans", "pick_batch", "proxy_errors"]
 
 #: Strategy names and the options they set: batch ("kmeans" | "top") and error ("forces" | "energy").
 LFAB_VARIANTS = {
@@ -184,45 +188,31 @@ def pick_batch(k: int, X: np.ndarray, errors: np.ndarray, *, batch: str = "kmean
 
 
 @dataclass(frozen=True)
-class LFaBStrategy:
-    """Bias-aware selection with a cheap oracle (Vinod & Zaspel, arXiv:2508.15577); see the module notes.
-
-    Sequential: it needs the GAP trained on the labels so far (``model = "gap"``, as
-    ``gap-variance``); a comparison picks round 0 at random.
+class CheapStrategy:
+    """Base of the strategies that read a cheap oracle: its label store and a per-round record.
 
     Parameters
     ----------
     label : str
         The strategy as written (``lfab``, ``lfab@gap-kernel``): names the record file.
-    spec : FeatureSpec
-        Space of the batch clustering (energy rows; default summed SOAP).
-    batch : {"kmeans", "top"}
-    error : {"forces", "energy"}
-        Proxy error: force RMS difference (eV/Å) or energy difference per atom (eV/atom).
     cheap : str
         Cheap oracle (:func:`loops.oracles.make_oracle`), default GFN2-xTB.
     run_dir : Path or None
-        The run directory: cheap labels in ``run_dir/cheap_labels.db``, records under
-        ``run_dir/selections/<label>/``, the Δ-model's fit (removed after use) under
-        ``run_dir/models/selection/delta/``. Required by :meth:`select`.
+        The run directory: cheap labels in ``run_dir/cheap_labels.db``, the record in
+        ``run_dir/selections/<label>/seed<seed>.cheap.json``. Required by ``select``.
     seed : int
         The campaign's seed (its round r selects with ``seed + r``): names the record file.
     """
 
-    label: str = "lfab"
-    spec: FeatureSpec = field(default_factory=FeatureSpec)
-    batch: str = "kmeans"
-    error: str = "forces"
+    label: str = ""
     cheap: str = DEFAULT_CHEAP_ORACLE
     run_dir: Path | None = None
     seed: int = 0
-    model: str | None = "gap"
 
-    # -- files ------------------------------------------------------------------------------------
     @property
     def record_path(self) -> Path:
-        """``run_dir/selections/<label>/seed<seed>.lfab.json``."""
-        return Path(self._run_dir()) / "selections" / self.label / f"seed{self.seed}.lfab.json"
+        """``run_dir/selections/<label>/seed<seed>.cheap.json``."""
+        return self._run_dir() / "selections" / self.label / f"seed{self.seed}.cheap.json"
 
     def _run_dir(self) -> Path:
         if self.run_dir is None:
@@ -239,12 +229,55 @@ class LFaBStrategy:
         return CheapLabels(pool, self._run_dir() / CHEAP_DB, oracle=self.cheap)
 
     def cheap_cost(self, round: int) -> CheapCost:
-        """Cheap labels the selections of rounds ≤ ``round`` used, and their seconds (cumulative)."""
+        """Cheap labels the selections of rounds ≤ ``round`` used, and their seconds (cumulative).
+
+        A label is charged once per campaign however many rounds read it, and whichever
+        campaign of the run computed it: the cost of running this strategy alone.
+        """
         done = [r for r in self._records().values() if int(r["round"]) <= int(round)]
         if not done:
             return CheapCost(0, 0, 0.0)
         last = max(done, key=lambda r: int(r["round"]))
         return CheapCost(int(last["cheap_labels"]), int(last["cheap_failed"]), float(last["cheap_seconds"]))
+
+    def _write_round(self, round: int, entry: dict, used, cheap: CheapLabels, computed: int) -> None:
+        """Record round ``round`` (replacing a record of it), with the cumulative cheap cost."""
+        records = self._records()
+        used = {int(i) for i in used}
+        for r in records.values():
+            if int(r["round"]) < round:
+                used |= set(r["cheap_used"])
+        cost = cheap.cost(used)
+        records[str(round)] = {"round": round, **entry, "cheap_oracle": cheap.name, "cheap_computed": int(computed),
+                               "cheap_labels": cost.n_labels, "cheap_failed": cost.n_failed,
+                               "cheap_seconds": cost.seconds, "cheap_used": sorted(used)}
+        atomic_write_text(self.record_path, json.dumps({"strategy": self.label, "seed": self.seed,
+                                                        "rounds": records}, indent=1))
+
+
+@dataclass(frozen=True)
+class LFaBStrategy(CheapStrategy):
+    """Bias-aware selection with a cheap oracle (Vinod & Zaspel, arXiv:2508.15577); see the module notes.
+
+    Sequential: it needs the GAP trained on the labels so far (``model = "gap"``, as
+    ``gap-variance``); a comparison picks round 0 at random. The Δ-model's fit goes to
+    ``run_dir/models/selection/delta/`` and is removed after use. Parameters as
+    :class:`CheapStrategy`, and:
+
+    Parameters
+    ----------
+    spec : FeatureSpec
+        Space of the batch clustering (energy rows; default summed SOAP).
+    batch : {"kmeans", "top"}
+    error : {"forces", "energy"}
+        Proxy error: force RMS difference (eV/Å) or energy difference per atom (eV/atom).
+    """
+
+    label: str = "lfab"
+    spec: FeatureSpec = field(default_factory=FeatureSpec)
+    batch: str = "kmeans"
+    error: str = "forces"
+    model: str | None = "gap"
 
     # -- scoring ----------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -330,28 +363,63 @@ class LFaBStrategy:
         return picks
 
     def _record(self, round: int, picks, pick_errors, errors, labelled, cand, info) -> None:
-        records = self._records()
-        used = {int(i) for i in cand} | {int(i) for i in labelled}
-        for r in records.values():
-            if int(r["round"]) < round:
-                used |= set(r["cheap_used"])
-        cost = info["cheap"].cost(used)
         finite = errors[np.isfinite(errors)]
-        unit = "eV/Å" if self.error == "forces" else "eV/atom"
-        records[str(round)] = {
-            "round": round, "n_labelled": len(labelled), "n_candidates": len(cand), "picks": picks,
+        entry = {
+            "n_labelled": len(labelled), "n_candidates": len(cand), "picks": picks,
             "proxy_errors": [None if not np.isfinite(e) else float(e) for e in pick_errors],
-            "error": self.error, "unit": unit, "batch": self.batch, "space": self.spec.kind,
-            "n_unscored": int(len(errors) - len(finite)),
+            "error": self.error, "unit": "eV/Å" if self.error == "forces" else "eV/atom", "batch": self.batch,
+            "space": self.spec.kind, "n_unscored": int(len(errors) - len(finite)),
             "candidates_error": ({"mean": float(finite.mean()), "median": float(np.median(finite)),
                                   "max": float(finite.max())} if len(finite) else None),
-            "n_delta": info["n_delta"], "cheap_oracle": info["cheap"].name,
-            "cheap_computed": int(info["cheap_computed"]),
-            "cheap_labels": cost.n_labels, "cheap_failed": cost.n_failed, "cheap_seconds": cost.seconds,
-            "cheap_used": sorted(used),
+            "n_delta": info["n_delta"],
         }
-        atomic_write_text(self.record_path, json.dumps({"strategy": self.label, "seed": self.seed,
-                                                        "rounds": records}, indent=1))
+        self._write_round(round, entry, list(cand) + list(labelled), info["cheap"], info["cheap_computed"])
+
+
+@dataclass(frozen=True)
+class ForceNormStrategy(CheapStrategy):
+    """A selector that weights by force norms (``uses_force_norms``: GGFPS), fed by the cheap oracle.
+
+    GGFPS (Trestman et al., arXiv:2510.08906) needs ‖F‖ of every candidate before any DFT label:
+    here the Euclidean norm of the cheap oracle's 3N force vector (eV/Å), charged to the strategy
+    like LFaB's cheap labels. Label-free with respect to DFT (one-shot or sequential). A candidate
+    whose cheap label failed has no norm: it is left out of the selector's pool and picked only by
+    the fill-up (seeded random order) when fewer than k others remain. Parameters as
+    :class:`CheapStrategy`, and ``name`` (the selector), ``spec`` (its feature space), ``reg``.
+    """
+
+    name: str = "ggfps"
+    spec: FeatureSpec = field(default_factory=FeatureSpec)
+    reg: float = DEFAULT_REG
+    model: str | None = None
+
+    def select(self, k: int, cand: np.ndarray, labelled: Sequence[int], ctx) -> list[int]:
+        """``k`` pool indices from ``cand`` by the selector with cheap force norms; the round is recorded."""
+        from oed.design import fit_selector
+
+        round = int(ctx.seed) - int(self.seed)
+        cand = np.asarray(cand, dtype=int)
+        cheap = self.cheap_labels(ctx.pool)
+        computed = cheap.ensure(cand)
+        _, forces = cheap.energies_forces(cand)
+        ok = np.array([f is not None for f in forces], dtype=bool)
+        norms = np.array([float(np.linalg.norm(f)) for f in forces if f is not None])
+        X, _ = ctx.features.get(self.spec)
+        scored = cand[ok]
+        picks: list[int] = []
+        if len(scored) and k > 0:
+            selector = fit_selector(self.name, min(k, len(scored)), X.subset(scored),
+                                    X_train=X.subset(list(labelled)) if len(labelled) else None,
+                                    force_norms=norms, seed=int(ctx.seed), reg=self.reg)
+            picks = [int(scored[j]) for j in selector.selected_idx_]
+        fill = np.random.default_rng([int(ctx.seed), 2510]).permutation(cand[~ok])
+        picks += [int(i) for i in fill[:max(0, k - len(picks))]]
+        by_index = dict(zip(scored.tolist(), norms.tolist()))
+        entry = {"n_labelled": len(labelled), "n_candidates": len(cand), "picks": picks,
+                 "force_norms": [by_index.get(i) for i in picks], "unit": "eV/Å", "selector": self.name,
+                 "space": self.spec.kind, "n_unscored": int((~ok).sum())}
+        self._write_round(round, entry, cand, cheap, computed)
+        return picks
 
 
 def make_lfab(spec, feature_spec: FeatureSpec | None, *, run_dir: Path | None, seed: int) -> LFaBStrategy:

@@ -324,7 +324,8 @@ class ModelSpaceStrategy:
 def make_strategy(spec: StrategySpec, feature_spec: FeatureSpec | None, *, reg: float = DEFAULT_REG,
                   run_dir: Path | None = None, seed: int = 0):
     """The strategy object of a parsed ``name[@space]``; ``feature_spec`` for selector strategies
-    (and the clustering space of ``lfab``); ``run_dir`` and the campaign ``seed`` for ``lfab``."""
+    (and the clustering space of ``lfab``); ``run_dir`` and the campaign ``seed`` for the strategies
+    that read a cheap oracle (``lfab``; ``ggfps``, whose force norms come from it: :mod:`loops.lfab`)."""
     if spec.name in LFAB_STRATEGIES:
         from loops.lfab import make_lfab
 
@@ -335,4 +336,9 @@ def make_strategy(spec: StrategySpec, feature_spec: FeatureSpec | None, *, reg: 
         return ModelSpaceStrategy(label=spec.label, name=spec.name, reg=reg)
     if feature_spec is None:
         raise InputError(f"strategy {spec.label!r} needs a feature space")
+    if selector_class(spec.name).uses_force_norms:  # ggfps: force norms from the cheap oracle
+        from loops.lfab import ForceNormStrategy
+
+        return ForceNormStrategy(label=spec.label, name=spec.name, spec=feature_spec, reg=reg,
+                                 run_dir=None if run_dir is None else Path(run_dir), seed=seed)
     return SelectorStrategy(label=spec.label, name=spec.name, spec=feature_spec, reg=reg)
