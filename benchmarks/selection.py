@@ -196,6 +196,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
          "(ru_maxrss), the N × d float64 feature matrix included. Ratio = seconds / scikit-matter FPS "
          "seconds in the same run (< 1 is faster). Built by `benchmarks/selection.py`"
          f" ({meta['command']})."),
+        *[f"Rows added {m['date']} (load average {m['load_start']}) by `{m['command']}`." for m in meta.get("appended", [])],
         "",
         "| strategy | N | d | k | seconds | peak GiB | ratio to skmatter FPS | note |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -226,6 +227,9 @@ def main() -> None:
     parser.add_argument("--target-rows", type=int, default=1000, help="i-optimal target size")
     parser.add_argument("--out", type=Path, default=None, help="output stem (default benchmarks/outputs/selection)")
     parser.add_argument("--append", action="store_true", help="merge into an existing JSON (other strategies kept)")
+    parser.add_argument("--reuse-baseline", action="store_true",
+                        help="with --append: take skmatter FPS from the JSON instead of timing it again "
+                             "(ratios then compare invocations; noted per row)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -239,7 +243,12 @@ def main() -> None:
     if args.quick:
         args.d, args.k, args.target_rows = 200, 50, 100
     names = [s for s in args.only.split(",") if s] or (QUICK if args.quick else strategies())
-    if BASELINE not in names:
+    out = args.out if args.out is not None else (None if args.quick else Path(__file__).parent / "outputs" / "selection")
+    earlier = []  # baseline rows of an earlier invocation (--append --reuse-baseline)
+    if args.append and args.reuse_baseline and out is not None and out.with_suffix(".json").exists():
+        earlier = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"]
+                   if r["strategy"] == BASELINE and r["n"] in sizes and r.get("seconds")]
+    if BASELINE not in names and not earlier:
         names.insert(0, BASELINE)  # the ratio needs the baseline measured in the same run
     names = [s for s in names if s not in set(args.skip.split(","))]
 
@@ -255,7 +264,9 @@ def main() -> None:
         for name in names:
             r = (run_inline if args.quick else run_child)(name, n, args.d, args.k, args)
             rows.append(r)
-            annotate(rows)
+            if earlier and name != BASELINE:
+                r["note"] = (r.get("note") or "") + " (ratio to the skmatter FPS of an earlier invocation)"
+            annotate(earlier + rows)
             label = "skmatter FPS (baseline)" if name == BASELINE else name
             ts = f"{r['seconds']:9.2f}" if r.get("seconds") is not None else f"{'–':>9}"
             ratio = r.get("ratio_to_skmatter_fps")
@@ -264,7 +275,6 @@ def main() -> None:
             print(f"{n:>7}  {label:<24} {ts} {r['peak_gib']:9.2f} {rs}  {note}", flush=True)
     for r in rows:
         r.pop("picks", None)
-    out = args.out if args.out is not None else (None if args.quick else Path(__file__).parent / "outputs" / "selection")
     if out is None:
         return
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
@@ -272,7 +282,8 @@ def main() -> None:
         old = json.loads(json_path.read_text())
         keep = {(r["strategy"], r["n"]) for r in rows}
         rows = [r for r in old["rows"] if (r["strategy"], r["n"]) not in keep] + rows
-        meta = {**old["meta"], "appended": meta}
+        before = old["meta"].get("appended", [])
+        meta = {**old["meta"], "appended": [*([before] if isinstance(before, dict) else before), meta]}
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     md_path.write_text(markdown(rows, meta))
