@@ -300,7 +300,7 @@ class LFaBStrategy(CheapStrategy):
         Returns ``(model, n)``: the fitted GAP and its number of training configurations, or
         ``(None, 0)`` when no labelled configuration has a cheap label (then Δ = 0).
         """
-        from loops.gap import GAPModel
+        from loops.gap import GAPModel, GAPSettings
         from loops.oracles import average_e0s, bare
 
         energies, forces = cheap.energies_forces(labelled)
@@ -316,6 +316,8 @@ class LFaBStrategy(CheapStrategy):
         if not diffs:
             return None, 0
         settings = getattr(ctx.model, "settings", None)
+        if not isinstance(settings, GAPSettings):
+            settings = None  # not a GAP's settings (or its defaults): the Δ-GAP takes GAPSettings()
         delta = GAPModel(settings).fit(diffs, e0s=average_e0s(diffs), workdir=workdir)
         return delta, len(diffs)
 
