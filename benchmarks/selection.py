@@ -259,6 +259,26 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(), "command": " ".join(["selection.py", *sys.argv[1:]])}
     print(f"device: {args.device}; d = {args.d}, k = {args.k}; ratio = time / skmatter FPS time (same run)")
     print(f"{'N':>7}  {'selector':<24} {'seconds':>9} {'peak GiB':>9} {'ratio':>7}  note", flush=True)
+    json_path = md_path = None
+    old = {"meta": None, "rows": []}
+    if out is not None:
+        json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        if args.append and json_path.exists():
+            old = json.loads(json_path.read_text())
+
+    def write(rows: list[dict]) -> None:
+        """Outputs after every strategy, so a run stopped part-way keeps what it measured."""
+        keep = {(r["strategy"], r["n"]) for r in rows}
+        merged = [r for r in old["rows"] if (r["strategy"], r["n"]) not in keep]
+        merged += [{key: v for key, v in r.items() if key != "picks"} for r in rows]
+        m = meta
+        if old["meta"] is not None:
+            before = old["meta"].get("appended", [])
+            m = {**old["meta"], "appended": [*([before] if isinstance(before, dict) else before), meta]}
+        json_path.write_text(json.dumps({"meta": m, "rows": merged}, indent=1) + "\n")
+        md_path.write_text(markdown(merged, m))
+
     rows: list[dict] = []
     for n in sizes:
         for name in names:
@@ -273,22 +293,10 @@ def main() -> None:
             rs = f"{ratio:7.2f}" if ratio is not None else f"{'–':>7}"
             note = r.get("skipped") or r.get("note") or ""
             print(f"{n:>7}  {label:<24} {ts} {r['peak_gib']:9.2f} {rs}  {note}", flush=True)
-    for r in rows:
-        r.pop("picks", None)
-    if out is None:
-        return
-    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
-    if args.append and json_path.exists():
-        old = json.loads(json_path.read_text())
-        keep = {(r["strategy"], r["n"]) for r in rows}
-        rows = [r for r in old["rows"] if (r["strategy"], r["n"]) not in keep] + rows
-        before = old["meta"].get("appended", [])
-        meta = {**old["meta"], "appended": [*([before] if isinstance(before, dict) else before), meta]}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    md_path.write_text(markdown(rows, meta))
-    print(f"wrote {json_path} and {md_path}")
-
+            if json_path is not None:
+                write(rows)
+    if json_path is not None:
+        print(f"wrote {json_path} and {md_path}")
 
 if __name__ == "__main__":
     main()
