@@ -52,7 +52,6 @@ from loops.parallel import Executor
 from loops.rundir import check_run_dir, check_settings, run_lock
 from loops.settings import fingerprint_fields
 from loops.strategies import (
-    LFAB_STRATEGIES,
     Features,
     RandomStrategy,
     StrategySpec,
@@ -60,6 +59,7 @@ from loops.strategies import (
     eligible,
     make_strategy,
     parse_strategy,
+    strategy_feature_spec,
 )
 from oed.design import DEFAULT_REG, FeatureSpec
 from oed.errors import InputError
@@ -222,22 +222,9 @@ class CompareConfig:
         return [parse_strategy(s, select_with=self.select_with, features=self.features) for s in self.strategies]
 
     def feature_spec(self, strategy: StrategySpec) -> FeatureSpec | None:
-        """Feature map of a strategy (``None``: MACE descriptors or GAP variance, made per round).
-
-        ``gap-kernel`` features are the ones the GAP itself owns
-        (:meth:`loops.gap.GAPModel.feature_spec`: its SOAP, ζ, sparse method and sparse-point
-        counts, rows scaled by its expected errors), so selection works in the model's feature
-        space; with another model, those of a GAP with default settings. ``gap-gp`` spaces
-        whiten them by the GAP's sparse-GP prior K_MM/δ² (``FeatureSpec(prior="kmm")``).
-        """
-        if strategy.model is not None and strategy.name not in LFAB_STRATEGIES:
-            return None  # lfab is model-driven too, but clusters its batches in a feature space
-        if strategy.space in ("gap-kernel", "gap-gp"):
-            from loops.models import make_model
-
-            gap = make_model("gap", self.settings() if self.model == "gap" else None)
-            return gap.feature_spec(strategy.forces, prior="kmm" if strategy.space == "gap-gp" else "identity")
-        return FeatureSpec(kind=strategy.space, forces=strategy.forces)
+        """Feature map of a strategy (``None``: MACE descriptors or GAP variance, made per round):
+        :func:`loops.strategies.strategy_feature_spec` with this comparison's model and settings."""
+        return strategy_feature_spec(strategy, self.model, self.settings())
 
     def fingerprint(self, pool_digest: str, target_digest: str | None) -> dict:
         """Settings that fix every cell; strategies, seeds and budgets may grow between runs."""

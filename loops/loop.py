@@ -9,6 +9,11 @@ so running the same command again resumes, and adding rounds extends:
 - ``config.json``   the settings that fix the picks; a rerun with others is refused
 - ``selections/<strategy>/seed<s>.json``   the picks, written *before* labelling starts (claim)
 - ``labels.db``     ase.db (SQLite), one committed row per label or failure
+- ``cheap_labels.db``  cheap-oracle labels (GFN2-xTB) of strategies that read one (``lfab``, ``ggfps``):
+  apart from ``labels.db``, never trained on; ``selections/<strategy>/seed<s>.cheap.json`` their record.
+  The strategy labels what it reads, in this process, in the round that first reads it (one
+  process: ~10 ms per ethanol, ~10 s for 1000 candidates), and never again on a resume; ``oed
+  compare`` labels all candidates up front instead, because its campaigns may run in workers
 - ``e0s.json``      isolated-atom energies (eV) used as E0s
 - ``cells/<strategy>/seed<s>/k<n>.json``   each round's training picks and errors
 - ``models/<strategy>/seed<s>/k<n>/``      each round's potential (``gap.xml`` for a GAP)
@@ -33,7 +38,15 @@ from loops.oracles import LabelBook, ReplayOracle, bare, make_oracle, parse_orac
 from loops.parallel import Executor
 from loops.rundir import check_run_dir, check_settings, run_lock
 from loops.settings import fingerprint_fields
-from loops.strategies import Features, SelectorStrategy, eligible
+from loops.strategies import (
+    Features,
+    RandomStrategy,
+    StrategySpec,
+    eligible,
+    make_strategy,
+    parse_strategy,
+    strategy_feature_spec,
+)
 from oed.design import DEFAULT_REG, FeatureSpec
 from oed.errors import InputError
 from oed.io import atomic_write_text, pool_hash, read_structures, write_structures
@@ -58,9 +71,15 @@ class LoopConfig:
     n_init, batch_size, n_rounds : int
         Initial design size, picks per round, rounds after the initial one.
     strategy : str
-        Selector name for the rounds (``oed.selectors.available()``).
+        Strategy of the rounds, written as in ``oed compare`` (:func:`loops.strategies.parse_strategy`):
+        a selector (``oed.selectors.available()``) in the run's feature space (``features``), or
+        ``name@space`` in a space of its own (``lcmd@gap-gp+forces``); the model-driven
+        ``gap-variance`` and ``lfab``/``lfab-top``/``lfab-energy``; ``ggfps`` (force norms from
+        the cheap oracle). ``lfab`` and ``ggfps`` cheap-label candidates with GFN2-xTB into
+        ``cheap_labels.db`` as they select (:mod:`loops.lfab`). With ``explore``: a selector name only.
     init_strategy : str or None
-        Selector for the initial design; default: ``strategy``.
+        Label-free strategy of the initial design; default: ``strategy``, or ``random`` when
+        ``strategy`` needs a fitted model (no model exists before round 0).
     method : str
         Level of theory, ``xc/basis``, of the default oracle (PySCF).
     oracle : str or None
@@ -140,8 +159,8 @@ class LoopConfig:
         Raises
         ------
         InputError
-            Non-positive sizes, an unknown strategy, no test file, or two test
-            files with the same name.
+            Non-positive sizes, an unknown strategy, a model-driven initial strategy, no test
+            file, or two test files with the same name.
         """
         for name in ("n_init", "batch_size"):
             if getattr(self, name) < 1:
@@ -168,8 +187,17 @@ class LoopConfig:
             raise InputError(f"workers must be >= 1, got {self.workers}")
         if self.test_limit is not None and self.test_limit < 1:
             raise InputError(f"test_limit must be >= 1, got {self.test_limit}")
-        selector_class(self.strategy)
-        selector_class(self.init_strategy or self.strategy)
+        if self.explore is not None:
+            # the exploring loop (loops.loop_explore) builds selector strategies only
+            selector_class(self.strategy)
+            selector_class(self.init_strategy or self.strategy)
+        else:
+            self.spec()
+            init = self.init_spec()
+            if init.model is not None:
+                raise InputError(f"initial strategy {init.label!r} needs a model fitted on labels, and round 0 has "
+                                 "none: give a label-free --init-strategy (default: random for a model-driven "
+                                 "--strategy)")
         if not self.tests:
             raise InputError("give at least one test file")
         names = [test_name(p) for p in self.tests]
@@ -189,7 +217,7 @@ class LoopConfig:
             "n_init": self.n_init,
             "batch_size": self.batch_size,
             "strategy": self.strategy,
-            "init_strategy": self.init_strategy or self.strategy,
+            "init_strategy": self.initial_strategy,
             "oracle": self.oracle_spec,
             "seed": self.seed,
             "test_limit": self.test_limit,
@@ -202,6 +230,40 @@ class LoopConfig:
                                                  "md_stability_steps": self.md_stability_steps}),
             **({"committee": self.committee} if self.committee else {}),
         }
+
+    @property
+    def initial_strategy(self) -> str:
+        """Strategy of round 0: ``init_strategy``, else ``strategy``, else ``random`` when
+        ``strategy`` needs a model (as ``oed compare`` starts its model-driven campaigns)."""
+        if self.init_strategy is not None:
+            return self.init_strategy
+        if self.explore is None and self.spec().model is not None:
+            return "random"
+        return self.strategy
+
+    def spec(self) -> StrategySpec:
+        """``strategy`` parsed; without ``@space`` it selects in ``features``' space and rows."""
+        return self._parse(self.strategy)
+
+    def init_spec(self) -> StrategySpec:
+        """:attr:`initial_strategy` parsed."""
+        return self._parse(self.initial_strategy)
+
+    def _parse(self, text: str) -> StrategySpec:
+        return parse_strategy(text, select_with=self.features.kind,
+                              features="forces" if self.features.forces else "energy")
+
+    def feature_spec(self, spec: StrategySpec) -> FeatureSpec | None:
+        """Feature map of a parsed strategy (``None``: made per round from the model).
+
+        A selector written without ``@space`` works on ``features`` exactly, as loops always
+        have (so a resumed run picks as before); ``name@space`` and ``lfab`` resolve their space
+        as ``oed compare`` does (:func:`loops.strategies.strategy_feature_spec`: ``gap-kernel``
+        and ``gap-gp`` from this run's GAP settings).
+        """
+        if "@" not in spec.label and spec.model is None:
+            return self.features
+        return strategy_feature_spec(spec, self.model, self.settings())
 
     @property
     def oracle_spec(self) -> str:
@@ -284,19 +346,33 @@ def _run(config, out, frames, allowed, species, oracle, tests, log, progress) ->
     check_settings(out, config.fingerprint(pool_hash(frames)))
     book = LabelBook(oracle, None if replay else out / "labels.db", pool)
 
-    log(f"{config.features.kind} features of {len(pool)} pool configurations"
-        + (" with force rows" if config.features.forces else ""))
     features = Features(pool, cache_dir=out / "cache", progress=progress)
-    features.get(config.features)
-    init = config.init_strategy or config.strategy
+    spec, init_spec = config.spec(), config.init_spec()
+    init = init_spec.label
+    strategy = make_strategy(spec, config.feature_spec(spec), reg=config.reg, run_dir=out, seed=config.seed)
+    # round 0 of a model-driven strategy picks at random, as in oed compare; a label-free one as written
+    first = RandomStrategy() if (config.init_strategy is None and spec.model is not None) else \
+        make_strategy(init_spec, config.feature_spec(init_spec), reg=config.reg, run_dir=out, seed=config.seed)
+    used = (spec,) if isinstance(first, RandomStrategy) else (init_spec, spec)
+    for fspec in dict.fromkeys(config.feature_spec(s) for s in used):
+        if fspec is not None:  # computed once, before the first label
+            log(f"{fspec.kind} features of {len(pool)} pool configurations"
+                + (" with force rows" if fspec.forces else ""))
+            features.get(fspec)
     campaign = Campaign(
-        out=out, label=config.strategy, seed=config.seed, allowed=allowed,
-        strategy=SelectorStrategy(config.strategy, config.strategy, config.features, reg=config.reg),
-        first=SelectorStrategy(init, init, config.features, reg=config.reg),
+        out=out, label=config.strategy, seed=config.seed, allowed=allowed, strategy=strategy, first=first,
         book=book, model=ModelRef(config.model, config.settings(), committee=config.committee), e0s=e0s, tests=tests,
         schedule=config.schedule(), features=features, test_limit=config.test_limit,
         keep_models=config.keep_models, log=log)
     from loops.plots import plot_learning_curve
+
+    def _cheap_cost(r: int) -> dict:
+        # cheap-oracle labels the selections up to round r read (cumulative; lfab, ggfps): what they cost
+        costs = [s.cheap_cost(r) for s in (first, strategy) if hasattr(s, "cheap_cost")]
+        if not costs:
+            return {}
+        cost = max(costs, key=lambda c: c.n_labels)
+        return {"cheap_labels": cost.n_labels, "cheap_failed": cost.n_failed, "cheap_seconds": round(cost.seconds, 4)}
 
     def write_outputs(records: list[dict]) -> list[dict]:
         # after every round, so a long run shows its progress and a killed one keeps it
@@ -309,6 +385,7 @@ def _run(config, out, frames, allowed, species, oracle, tests, log, progress) ->
             "strategy": init if r == 0 else config.strategy,
             "fit_seconds": rec["fit_seconds"],
             "errors": rec["errors"],
+            **_cheap_cost(r),
         } for r, rec in enumerate(records)]
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))
         write_structures(out / "labelled.xyz", book.labelled() if not replay else

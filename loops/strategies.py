@@ -30,7 +30,8 @@ from oed.io import reference_energy
 from oed.selectors import selector_class
 
 __all__ = ["Features", "FixedStrategy", "ModelSpaceStrategy", "RandomStrategy", "RoundContext", "SelectorStrategy",
-           "StrategySpec", "VarianceStrategy", "candidates", "eligible", "make_strategy", "parse_strategy", "select"]
+           "StrategySpec", "VarianceStrategy", "candidates", "eligible", "make_strategy", "parse_strategy", "select",
+           "strategy_feature_spec"]
 
 #: Feature spaces a strategy may name after "@": space -> (feature map, force rows).
 SPACES = {
@@ -319,6 +320,39 @@ class ModelSpaceStrategy:
     def select(self, k: int, cand: np.ndarray, labelled: Sequence[int], ctx: RoundContext) -> list[int]:
         X = mace_features(ctx.model, ctx.pool)
         return select(self.name, k, X, cand, labelled, seed=ctx.seed, reg=self.reg)
+
+
+def strategy_feature_spec(strategy: StrategySpec, model: str = "gap", settings: Any = None) -> FeatureSpec | None:
+    """Feature map of a parsed strategy (``None``: MACE descriptors or GAP variance, made per round).
+
+    ``gap-kernel`` features are the ones the GAP itself owns
+    (:meth:`loops.gap.GAPModel.feature_spec`: its SOAP, ζ, sparse method and sparse-point
+    counts, rows scaled by its expected errors), so selection works in the model's feature
+    space; with another model, those of a GAP with default settings. ``gap-gp`` spaces
+    whiten them by the GAP's sparse-GP prior K_MM/δ² (``FeatureSpec(prior="kmm")``).
+    ``oed compare`` and ``oed loop run`` both resolve their strategies' spaces here.
+
+    Parameters
+    ----------
+    strategy : StrategySpec
+    model : str
+        The model the run trains (``loops.models.available()``).
+    settings : dataclass or None
+        Its settings (``None``: defaults); used only when ``model`` is ``"gap"``.
+
+    Raises
+    ------
+    SetupError
+        GAP settings whose kernel features cannot be built (:meth:`loops.gap.GAPModel.feature_spec`).
+    """
+    if strategy.model is not None and strategy.name not in LFAB_STRATEGIES:
+        return None  # lfab is model-driven too, but clusters its batches in a feature space
+    if strategy.space in ("gap-kernel", "gap-gp"):
+        from loops.models import make_model
+
+        gap = make_model("gap", settings if model == "gap" else None)
+        return gap.feature_spec(strategy.forces, prior="kmm" if strategy.space == "gap-gp" else "identity")
+    return FeatureSpec(kind=strategy.space, forces=strategy.forces)
 
 
 def make_strategy(spec: StrategySpec, feature_spec: FeatureSpec | None, *, reg: float = DEFAULT_REG,
