@@ -82,7 +82,7 @@ def _spec(features: str, descriptor: str, backend: str):
 def rank(
     pool: Annotated[Path, typer.Argument(help="Candidate configurations (extxyz).")],
     budget: Annotated[int, typer.Option("--budget", "-k", help="Number of configurations to pick.")],
-    strategy: Annotated[str, typer.Option(help="Selection strategy (d-optimal, a-optimal, i-optimal, info-gain, fps, cur, kmeans, random).")] = "d-optimal",
+    strategy: Annotated[str, typer.Option(help="Selection strategy (d-optimal, a-optimal, i-optimal, info-gain, lcmd, kmeans++, fps, cur, kmeans, random; ggfps with --force-norms).")] = "d-optimal",
     train: Annotated[Optional[Path], typer.Option(help="Configurations already labelled: picks add to them.")] = None,
     target: Annotated[Optional[Path], typer.Option(help="Target configurations (i-optimal, info-gain).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (random strategies).")] = 0,
@@ -91,6 +91,7 @@ def rank(
     backend: BackendOpt = "dscribe",
     reg: RegOpt = 1.0,
     cache_dir: CacheOpt = None,
+    force_norms: Annotated[Optional[Path], typer.Option("--force-norms", help="ggfps: a .npy file of one force norm ||F|| (eV/Å) per pool configuration, e.g. from GFN2-xTB.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the picks, in pick order, as extxyz.")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")] = False,
@@ -99,7 +100,9 @@ def rank(
 
     Design rows are SOAP-based features divided by the expected errors
     (σ_E = 1 meV/atom, σ_F = 20 meV/Å); gains are in the strategy's units
-    (nats of information for d-optimal and random).
+    (nats of information for d-optimal and random). lcmd and kmeans++ select in the posterior
+    kernel after --train (energy rows, or force rows with --features forces); ggfps needs
+    --force-norms (oed compare and oed loop run compute them with GFN2-xTB themselves).
     """
     from oed.design import rank_pool
     from oed.errors import InputError
@@ -109,6 +112,19 @@ def rank(
         raise InputError(f"--budget must be >= 1, got {budget}")
     if output is not None:
         check_output_file(output, what="--output", force=force)
+    norms = None
+    if force_norms is not None:
+        try:
+            norms = np.load(force_norms, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read --force-norms {force_norms} as a .npy array: {exc}") from None
+    else:
+        from oed.selectors import selector_class
+
+        if selector_class(strategy).uses_force_norms:  # before any feature is computed
+            raise InputError(f"--strategy {strategy} weights picks by force norms: give --force-norms FILE.npy "
+                             f"(one ||F|| in eV/Å per configuration of {pool}, e.g. from GFN2-xTB), or use "
+                             f"oed loop run --strategy {strategy} / oed compare, which compute them with GFN2-xTB")
     spec = _spec(features, descriptor, backend)
     frames = read_structures(pool, what="pool")
     train_frames = read_structures(train, what="training set") if train else []
@@ -116,7 +132,8 @@ def rank(
     t0 = time.perf_counter()
     with err.status(f"{descriptor} features ({features}) and {strategy} selection over {len(frames)} configurations"):
         ranking = rank_pool(frames, budget, strategy=strategy, train=train_frames, target=target_frames,
-                            seed=seed, reg=reg, spec=spec, cache_dir=cache_dir if cache_dir else False)
+                            seed=seed, reg=reg, spec=spec, cache_dir=cache_dir if cache_dir else False,
+                            force_norms=norms)
     seconds = time.perf_counter() - t0
     if output is not None:
         picked = []

@@ -311,6 +311,7 @@ def rank_pool(
     spec: FeatureSpec = FeatureSpec(),
     cache_dir=False,
     progress: bool = False,
+    force_norms=None,
 ) -> Ranking:
     """Pick ``budget`` configurations of ``pool`` with the named strategy.
 
@@ -318,18 +319,34 @@ def rank_pool(
     a candidate once or not at all — a repeat buys no information — with a warning that
     counts them; indices stay those of ``pool``.
 
+    ``force_norms`` (array of shape (len(pool),), eV/Å) is ‖F‖ of every pool configuration,
+    from a cheap model, for strategies whose ``uses_force_norms`` tag is True (``ggfps``),
+    which require it.
+
     Raises
     ------
     InputError
         Unknown strategy, bad budget or feature settings, a target for a
-        strategy that ignores it.
+        strategy that ignores it, force norms missing for ``ggfps`` (checked before any
+        feature is computed), given to another strategy, or not one per pool configuration.
     """
+    from oed.selectors import selector_class
+
+    if selector_class(strategy).uses_force_norms:
+        if force_norms is None:
+            raise InputError(f"strategy {strategy!r} weights picks by force norms: give one ||F|| (eV/Å) per pool "
+                             "configuration (force_norms), e.g. from GFN2-xTB")
+        force_norms = np.asarray(force_norms, dtype=float).reshape(-1)
+        if len(force_norms) != len(pool):
+            raise InputError(f"force_norms has {len(force_norms)} values for a pool of {len(pool)} configurations")
+    elif force_norms is not None:
+        raise InputError(f"strategy {strategy!r} does not use force norms; use ggfps")
     X, X_train, X_target = design_features(pool, spec, train=train, target=target, cache_dir=cache_dir,
                                            progress=progress)
     cand = _distinct(pool, train)
     selector = fit_selector(strategy, budget, X if len(cand) == len(pool) else X.subset(cand), X_train=X_train,
                             X_target=X_target, y_train=train_energies(train) if len(train) else None,
-                            seed=seed, reg=reg)
+                            force_norms=None if force_norms is None else force_norms[cand], seed=seed, reg=reg)
     idx = cand[np.asarray(selector.selected_idx_, dtype=int)]
     picked = X.subset(idx).rows
     return Ranking(
