@@ -11,9 +11,14 @@ random is paired):
 
 - ``lcmd@gap-gp``: LCMD (largest cluster, maximum distance; Holzmüller et al., JMLR 24(164),
   2023) in the GAP's own sparse-GP space — kernel features whitened by the prior K_MM/δ² — one-shot;
-- ``kmeans++@gap-gp``: k-means++ seeding in the same space; ``lcmd@soap``: LCMD on summed SOAP;
+- ``kmeans++@gap-gp``: k-means++ seeding in the same space;
 - ``seq:lcmd@gap-gp+forces``: LCMD round by round, its posterior conditioned on the energy *and
   force* rows of what is labelled;
+- ``ggfps``: gradient-guided FPS (Trestman et al., arXiv:2510.08906) on summed SOAP, force norms
+  from GFN2-xTB (a cheap oracle, its cost counted in ``cheap_cost.csv`` of the work folder);
+- ``seq:lfab``: bias-aware selection with the cheap oracle (Vinod & Zaspel, arXiv:2508.15577):
+  where the GAP disagrees with xTB + a Δ-GAP, one pick per error²-weighted k-means cluster
+  (3 seeds, k ≤ 100: each round refits the Δ-GAP);
 - the references: ``random`` and ``kmeans`` (tutorial 1's best in distribution).
 
 GAP (``loops.gap.GAPSettings()``), k = 25, 50, 100, 200, 5 seeds. The question for each strategy
@@ -56,8 +61,12 @@ from loops.report import (  # noqa: E402
 from oed.io import atomic_write_text  # noqa: E402
 
 DEFAULT_OUT = ROOT / "tutorials" / "outputs" / "07_selection_that_pays"
-ONESHOT = ("random", "kmeans", "lcmd@gap-gp", "kmeans++@gap-gp", "lcmd@soap")
+ONESHOT = ("random", "kmeans", "lcmd@gap-gp", "kmeans++@gap-gp", "ggfps")
 SEQUENTIAL = ("lcmd@gap-gp+forces",)
+#: LFaB refits a Δ-GAP and predicts every candidate twice per round (minutes per round on 2
+#: cores), so it runs on 3 seeds and k <= 100; its ratios are paired on those seeds and budgets.
+CHEAP_ORACLE = ("lfab",)
+CHEAP_SEEDS, CHEAP_BUDGETS = 3, (25, 50, 100)
 SEQ = "seq:"
 ID = ("test_MD", "force_mae")
 OOD = (("test_norm_mode_874", "force_mae"), ("test_norm_mode_3005", "force_mae"),
@@ -87,13 +96,17 @@ def configs(out: Path, *, smoke: bool, workers: int | None) -> dict[str, Compare
             write(pool, read(DATA / "ethanol" / "train.xyz", ":60"))
         small = GAPSettings(n_max=4, l_max=3, n_sparse=30)
         common.update(pool=pool, budgets=(4, 8), n_seeds=1, model_settings=small, test_limit=8)
-        oneshot, sequential = ("random", "lcmd@gap-gp", "kmeans++@gap-gp"), SEQUENTIAL
+        oneshot, sequential, cheap = ("random", "lcmd@gap-gp", "kmeans++@gap-gp", "ggfps"), SEQUENTIAL, {}
     else:
         common.update(pool=DATA / "ethanol" / "train.xyz", budgets=(25, 50, 100, 200), n_seeds=5, test_limit=200)
         oneshot, sequential = ONESHOT, SEQUENTIAL
+        cheap = {"n_seeds": CHEAP_SEEDS, "budgets": CHEAP_BUDGETS}
     return {
         "": CompareConfig(out=work / "oneshot", strategies=oneshot, **common),
         SEQ: CompareConfig(out=work / "sequential", strategies=sequential, mode="sequential", **common),
+        # its own run directory: a CompareConfig's budgets are fixed for the run
+        f"{SEQ}cheap": CompareConfig(out=work / "sequential_cheap", strategies=CHEAP_ORACLE, mode="sequential",
+                                     **{**common, **cheap}),
     }
 
 
@@ -126,8 +139,44 @@ def goals_table(rows, budgets) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect_cheap_cost(runs: dict[str, CompareConfig], path: Path) -> None:
+    """One cheap_cost.csv of every comparison (strategies named as in results.csv)."""
+    import pandas as pd
+
+    frames = []
+    for prefix, config in runs.items():
+        src = Path(config.out) / "cheap_cost.csv"
+        if src.exists():
+            frame = pd.read_csv(src)
+            frame["strategy"] = [(SEQ + s) if prefix else s for s in frame["strategy"]]
+            frames.append(frame)
+    if frames:
+        atomic_write_text(path, pd.concat(frames).to_csv(index=False))
+
+
+def cost_table(path: Path) -> str:
+    """Markdown: cheap-oracle labels and seconds per strategy and budget (means over seeds)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    frame = frame[frame["cheap_labels"] > 0]
+    if frame.empty:
+        return ""
+    lines = ["## What the cheap oracle cost\n",
+             "GFN2-xTB labels the strategies read (force norms for ggfps; the whole candidate set for lfab), "
+             "their CPU seconds and the same in DFT-label equivalents (8 s per PBE/def2-SVP ethanol label on 2 "
+             "cores, docs/design.md); means over seeds.\n",
+             "| strategy | k | DFT labels | cheap labels | cheap seconds | in DFT labels | total in DFT labels |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for (strategy, budget), g in frame.groupby(["strategy", "budget"], sort=True):
+        lines.append(f"| {strategy} | {budget} | {g['dft_labels'].mean():.0f} | {g['cheap_labels'].mean():.0f} | "
+                     f"{g['cheap_seconds'].mean():.1f} | {g['cheap_dft_equivalents'].mean():.2f} | "
+                     f"{g['total_dft_equivalents'].mean():.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_summary(results_csv: str | Path) -> str:
-    """summary.md, from results.csv alone."""
+    """summary.md, from results.csv (and the cheap_cost.csv next to it) alone."""
     rows = read_results(results_csv)
     seeds = len({r["seed"] for r in rows})
     budgets = sorted({r["budget"] for r in rows})
@@ -156,6 +205,9 @@ def render_summary(results_csv: str | Path) -> str:
     budget = HEADLINE_BUDGET if HEADLINE_BUDGET in budgets else budgets[len(budgets) // 2]
     lines.append(f"## At k = {budget}\n")
     lines.append(headline_table(rows, budget, panels, efficiency_on=ID if ID in by_key else None, second="kmeans"))
+    cost = Path(results_csv).with_name("cheap_cost.csv")
+    if cost.exists():
+        lines.append(cost_table(cost))
     lines.append("## Learning curves\n")
     lines.append(summary_tables(rows, reference="random", second="kmeans", level=3))
     return "\n".join(lines).rstrip() + "\n"
@@ -165,9 +217,10 @@ def main(argv=None) -> int:
     args, out = parse_args(__doc__, DEFAULT_OUT, argv)
     t0 = time.perf_counter()
     runs = configs(out, smoke=args.smoke, workers=args.workers)
-    rows = run_comparisons(runs, lambda prefix, strategy: prefix + strategy, smoke=args.smoke,
+    rows = run_comparisons(runs, lambda prefix, strategy: SEQ + strategy if prefix else strategy, smoke=args.smoke,
                            describe=lambda prefix: f"{prefix.rstrip(':') or 'oneshot'} comparison")
     write_results(out / "results.csv", rows)
+    collect_cheap_cost(runs, out / "cheap_cost.csv")
     atomic_write_text(out / "summary.md", render_summary(out / "results.csv"))
     rows = read_results(out / "results.csv")  # the figure from exactly what was written
     panels = [p for p in PANELS if p in curves(rows)]
