@@ -128,12 +128,13 @@ def test_committed_summary_is_rendered_from_committed_results(name):
 
 # -- tutorials 01-03: built on `oed compare` ---------------------------------------------------------------
 COMPARE_TUTORIALS = ["01_strategies_ethanol", "02_forecast_vs_measurement", "03_cross_algorithm",
-                     "06_pools_where_selection_pays"]
+                     "06_pools_where_selection_pays", "07_selection_that_pays"]
 FIGURES = {
     "01_strategies_ethanol": ["learning_curves_oneshot.png", "learning_curves_sequential.png"],
     "02_forecast_vs_measurement": ["forecast_vs_measured.png"],
     "03_cross_algorithm": ["learning_curves.png"],
     "06_pools_where_selection_pays": ["learning_curves.png"],
+    "07_selection_that_pays": ["learning_curves.png"],
 }
 
 
@@ -145,7 +146,8 @@ def smoke_dir(tmp_path_factory) -> Path:
 
 def _smoke_out(name: str, base: Path) -> Path:
     return {"01_strategies_ethanol": base / "t2" / "tutorial1", "02_forecast_vs_measurement": base / "t2",
-            "03_cross_algorithm": base / "t3", "06_pools_where_selection_pays": base / "t6"}[name]
+            "03_cross_algorithm": base / "t3", "06_pools_where_selection_pays": base / "t6",
+            "07_selection_that_pays": base / "t7"}[name]
 
 
 def _run(name: str, out: Path) -> subprocess.CompletedProcess:
