@@ -22,12 +22,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/oed demo
 
+# One test process per core (pytest-xdist); a test file stays on one process (--dist loadfile),
+# since some files share a module-scoped fixture between tests (tutorial 2 reuses tutorial 1's run).
+XDIST := -n auto --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 # While editing: everything but the `integration` tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest $(XDIST) -m "not integration"
 
 clean:
 	rm -rf $(VENV) demo_run .oed_cache
