@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # One test process per core (pytest-xdist); a test file stays on one process (--dist loadfile),
 # since some files share a module-scoped fixture between tests (tutorial 2 reuses tutorial 1's run).
-XDIST := -n auto --dist loadfile
+XDIST := -n auto --dist loadfile --durations=25
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST)

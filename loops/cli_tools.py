@@ -69,7 +69,13 @@ def loop_status(run_dir: RunDir) -> None:
     if not rows:
         out.print(f"{run_dir}: a run directory with no round started yet")
         return
-    out.print(_status_table(view, rows))
+    # The table's width is read now, not when the module was imported: COLUMNS, else the
+    # terminal, else 200 columns when piped, so that a file gets every column untruncated.
+    import shutil
+
+    from rich.console import Console
+
+    Console(width=shutil.get_terminal_size((200, 24)).columns).print(_status_table(view, rows))
     n_ok = sum(lab.ok for lab in view.labels)
     state = (f"running (PID {view.pid})" if view.pid else
              f"stopped: {view.stop['reason']} — {view.stop.get('detail', '')}" if view.stop else "not running")
