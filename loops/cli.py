@@ -383,6 +383,7 @@ def data_(
 # The commands that touch the world (label, loop run, demo, compare) live in loops/cli_runs.py.
 from loops import cli_runs  # noqa: E402,F401  (registers them on ``app``)
 from loops import cli_tools  # noqa: E402,F401  (oed loop status/export/report, on ``loop_app``)
+from loops import cli_shift  # noqa: E402,F401  (oed shift)
 
 
 def main() -> None:

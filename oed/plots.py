@@ -92,3 +92,67 @@ def plot_forecast(fc: dict, path, *, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
+
+
+#: Axis labels of the shift diagnostics (oed.shift.DIAGNOSTICS).
+_SHIFT_LABELS = {
+    "feature": "SOAP distance to nearest training environment",
+    "gamma": "extrapolation grade γ",
+    "force_norm": "mean |F| of the prior (eV/Å)",
+    "connectivity": "W₁ of Laplacian spectrum to nearest training graph",
+}
+
+
+def plot_shift(results: dict, path, *, title: str = "") -> Path:
+    """One panel per shift diagnostic: each file's values (box and points) and the flag threshold.
+
+    Parameters
+    ----------
+    results : dict of str to oed.shift.ShiftResult
+        One entry per test file, in plotting order.
+    path : path-like
+        Image to write (atomically).
+    title : str, optional
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from oed.shift import DIAGNOSTICS
+
+    names = list(results)
+    diags = [d for d in DIAGNOSTICS if any(d in r.flagged for r in results.values())]
+    fig, axes = plt.subplots(1, len(diags), figsize=(max(4.0, 1.1 * len(names) + 1.5) * len(diags) / 1.6, 4.2),
+                             constrained_layout=True, squeeze=False)
+    rng = np.random.default_rng(0)  # jitter only
+    for ax, d in zip(axes[0], diags):
+        finite = [v[np.isfinite(v)] for v in (np.asarray(results[n].values[d], float) for n in names)]
+        top = max([float(v.max()) for v in finite if v.size] + [results[names[0]].thresholds.get(d, 1.0)]) * 1.15
+        labels = []
+        for k, (name, v) in enumerate(zip(names, finite), start=1):
+            n_inf = int(np.sum(np.isinf(results[name].values[d])))
+            if v.size:
+                ax.boxplot(v, positions=[k], widths=0.5, showfliers=False, medianprops={"color": "C1"})
+                ax.scatter(k + rng.uniform(-0.18, 0.18, v.size), v, s=6, alpha=0.4, color="C0", zorder=3)
+            if n_inf:
+                ax.scatter(k + rng.uniform(-0.18, 0.18, n_inf), np.full(n_inf, top / 1.08), marker="^", s=14,
+                           color="C3", zorder=3)
+            labels.append(f"{name}\n{100 * float(np.mean(results[name].flagged[d])):.0f}% flagged")
+        ax.axhline(results[names[0]].thresholds[d], color="C3", ls="--", lw=1.0, label="flag threshold")
+        if d == "gamma":
+            ax.set_yscale("log")
+        ax.set_xticks(range(1, len(names) + 1))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(_SHIFT_LABELS[d], fontsize=9)
+        ax.set_title(d, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path)
