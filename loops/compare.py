@@ -293,7 +293,8 @@ def run_compare(config: CompareConfig, *, log: Log = print, progress: bool = Tru
     target_frames = read_structures(config.target, what="target set") if config.target else []
     executor = Executor(workers=config.workers, client=client, progress=progress)
     oracle = make_oracle(config.oracle, pool=frames, executor=executor)
-    tests = test_sets(config.tests, config.test_limit, species, level_of_theory=oracle.name, log=log)
+    tests = test_sets(config.tests, config.test_limit, species,
+                      level_of_theory=getattr(oracle, "level_of_theory", oracle.name), log=log)
     if hasattr(oracle, "check"):
         oracle.check(frames)  # set-up errors (an element the basis lacks) before anything is written
     with run_lock(out):

@@ -326,7 +326,8 @@ def run_loop(config: LoopConfig, *, log: Log = print, progress: bool = True, cli
     species = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
     oracle = make_oracle(config.oracle_spec, pool=frames,
                          executor=Executor(workers=config.workers, client=client, progress=progress))
-    tests = test_sets(config.tests, config.test_limit, species, level_of_theory=oracle.name, log=log)
+    tests = test_sets(config.tests, config.test_limit, species,
+                      level_of_theory=getattr(oracle, "level_of_theory", oracle.name), log=log)
     if hasattr(oracle, "check"):
         oracle.check(frames)  # set-up errors (an element the basis lacks) before anything is written
     with run_lock(out):

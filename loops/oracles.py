@@ -110,6 +110,12 @@ class ReplayOracle:
             if len(atoms) == 1:
                 self._isolated[atoms.get_chemical_symbols()[0]] = float(e)
         self.revealed_: set[str] = set()
+        # The level the pool's frames state, when all state the same one (a pool labelled by oed
+        # does): test sets are checked against it. Labels keep the oracle's name, "pool", as their
+        # level in labels.db, so that existing run folders resume.
+        levels = {str(a.info["level_of_theory"]) for a in frames if "level_of_theory" in a.info}
+        self.level_of_theory = levels.pop() if len(levels) == 1 and all(
+            "level_of_theory" in a.info for a in frames) else self.name
 
     def label(self, frames: Sequence[Atoms], *, on_result=None) -> list[LabelResult]:
         """Labelled copies of ``frames``; a configuration not in the pool is a recorded failure."""

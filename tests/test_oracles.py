@@ -111,3 +111,17 @@ def test_the_same_oracle_drives_loop_and_compare(files, tmp_path):
     assert 5 <= n <= 10
     run_compare(cmp, progress=False, log=lambda m: None)
     assert _rows(tmp_path / "cmp" / "labels.db") == n
+
+
+def test_replay_oracle_states_the_pools_level_of_theory(ethanol_pool):
+    from loops.oracles import ReplayOracle
+
+    frames = [a.copy() for a in ethanol_pool[:3]]
+    for a, b in zip(frames, ethanol_pool[:3]):
+        a.calc = b.calc
+    assert ReplayOracle(frames).level_of_theory == "pool"  # rMD17 frames state none
+    for a in frames:
+        a.info["level_of_theory"] = "gfn2-xtb"
+    assert ReplayOracle(frames).level_of_theory == "gfn2-xtb"
+    frames[0].info["level_of_theory"] = "pbe/def2-svp"
+    assert ReplayOracle(frames).level_of_theory == "pool"  # mixed levels: none claimed
