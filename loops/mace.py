@@ -28,7 +28,6 @@ Notes on mace-torch (seen here, mace-torch 0.3.16, e3nn 0.4.4, torch 2.13):
 - a cutoff shorter than every interatomic distance trains without error and predicts NaN.
 - run_train drops the last incomplete training batch of every epoch, so a ``batch_size`` larger
   than the training set would train nothing: :meth:`MACEModel.fit` caps it.
-- run_train always TorchScript-compiles a copy (``mace_compiled.model``, unused here).
 - with tiny molecules an optimiser step costs about the same for 10 or 20 configurations (0.13
   and 0.16 s for the default model on one thread), and on 2 shared cores one torch thread is
   faster than two (OpenMP threads spin while another process holds the second core).
@@ -504,8 +503,8 @@ class MACEModel(SubprocessModel):
             self._model, self._model_device = model.to(device).eval().requires_grad_(False), device
         return self._model, self._model_device
 
-    def _batches(self, frames: Sequence[Atoms], model: Any, device: str) -> Iterator[Any]:
-        """mace graph batches of ``frames`` (copies: positions, numbers, cell, pbc only)."""
+    def _batches(self, frames: Sequence[Atoms], model: Any, device: str, cutoffs=None) -> Iterator[Any]:
+        """Graph batches of copies of ``frames``; edges within ``cutoffs[i]`` Å (default r_max)."""
         mace = _import_mace()
         dtype = next(model.parameters()).dtype
         z_table = mace["AtomicNumberTable"]([int(z) for z in model.atomic_numbers])
@@ -513,17 +512,21 @@ class MACEModel(SubprocessModel):
         r_max = float(model.r_max)
         with _torch_state(dtype=dtype):
             graphs = []
-            for atoms in frames:
+            for i, atoms in enumerate(frames):
                 clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
                 config = mace["data"].config_from_atoms(clean, key_specification=mace["data"].KeySpecification())
-                graphs.append(mace["data"].AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=heads))
+                cutoff = r_max if cutoffs is None else float(cutoffs[i])
+                graphs.append(mace["data"].AtomicData.from_config(config, z_table=z_table, cutoff=cutoff, heads=heads))
         loader = mace["DataLoader"](graphs, batch_size=self._settings().predict_batch_size, shuffle=False,
                                     drop_last=False)
         for batch in loader:
             yield batch.to(device)
 
-    def predict(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def predict(self, frames: Sequence[Atoms], *, cutoffs=None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Energies and forces of configurations; the caller's atoms are not touched.
+
+        ``cutoffs``: optional graph radius per configuration (Å, in (0, r_max]): edges beyond it
+        are dropped (test-time radius refinement, :mod:`loops.refine`); default r_max.
 
         Returns
         -------
@@ -544,10 +547,14 @@ class MACEModel(SubprocessModel):
         if not frames:
             return np.empty(0), []
         model, device = self._torch_model()
+        if cutoffs is not None:
+            cutoffs = np.asarray(cutoffs, dtype=float)
+            if cutoffs.shape != (len(frames),) or not np.all((cutoffs > 0) & (cutoffs <= float(model.r_max) + 1e-9)):
+                raise InputError(f"cutoffs must be one radius in (0, r_max = {float(model.r_max)}] Å per configuration")
         energies: list[np.ndarray] = []
         forces: list[np.ndarray] = []
         with _torch_state(threads=self._settings().num_threads, device=device):
-            for batch in self._batches(frames, model, device):
+            for batch in self._batches(frames, model, device, cutoffs):
                 out = model(batch.to_dict(), training=False, compute_force=True, compute_stress=False)
                 energies.append(out["energy"].detach().cpu().numpy().astype(float))
                 f = out["forces"].detach().cpu().numpy().astype(float)
@@ -584,7 +591,7 @@ class MACEModel(SubprocessModel):
         n_inv = irreps_out.dim // (l_max + 1) ** 2
         rows: list[np.ndarray] = []
         with _torch_state(threads=self._settings().num_threads, device=device), torch.no_grad():
-            for batch in self._batches(frames, model, device):
+            for batch in self._batches(frames, model, device, cutoffs):
                 out = model(batch.to_dict(), training=False, compute_force=False, compute_stress=False)
                 inv = mace["extract_invariant"](out["node_feats"], num_layers=n_layers, num_features=n_inv,
                                                 l_max=l_max)

@@ -45,7 +45,7 @@ from ase.data import atomic_numbers
 
 from oed.errors import InputError, NotFittedError
 
-__all__ = ["DIAGNOSTICS", "ShiftDiagnostics", "ShiftResult", "laplacian_spectrum", "mean_force_norms"]
+__all__ = ["DIAGNOSTICS", "ShiftDiagnostics", "ShiftResult", "laplacian_spectrum", "mean_force_norms", "refined_radii"]
 
 #: Diagnostics in report order; ``force_norm`` only when force norms are given.
 DIAGNOSTICS = ("feature", "gamma", "force_norm", "connectivity")
@@ -356,3 +356,45 @@ class ShiftDiagnostics:
         flagged = {k: values[k] > self.thresholds_[k] for k in DIAGNOSTICS if k in values}
         values["laplacian_window"] = np.array([float(np.mean((ev >= 0.9) & (ev <= 1.1))) for ev in spectra])
         return ShiftResult(values=values, flagged=flagged, thresholds=dict(self.thresholds_))
+
+
+def refined_radii(diagnostics: ShiftDiagnostics, frames: Sequence[Atoms], candidates: Sequence[float]) -> np.ndarray:
+    """Test-time radius refinement: per configuration, the graph radius whose spectrum is most like training.
+
+    For each configuration and each candidate radius r, the Wasserstein-1 distance between the
+    normalised-Laplacian spectrum of its radius-r graph and the nearest training spectrum (training
+    graphs at ``diagnostics.cutoff``, the model's own radius); the radius with the smallest distance
+    is chosen, ties going to the largest radius (the model's own graph unless another is closer).
+
+    Parameters
+    ----------
+    diagnostics : ShiftDiagnostics
+        Fitted on the model's training set, with ``cutoff`` = the model's cut-off.
+    frames : sequence of ase.Atoms
+    candidates : sequence of float
+        Radii to try (Å), each in (0, diagnostics.cutoff].
+
+    Returns
+    -------
+    ndarray, shape (n_configs,)
+        The chosen radius of each configuration (Å).
+
+    Raises
+    ------
+    NotFittedError, InputError
+        Not fitted; no candidate, or a candidate outside (0, cutoff].
+
+    References
+    ----------
+    Kreiman & Krishnapriyan, arXiv:2503.08674 (2025), test-time radius refinement.
+    """
+    if not hasattr(diagnostics, "train_cdfs_"):
+        raise NotFittedError("ShiftDiagnostics is not fitted: call fit(train) first")
+    radii = np.asarray(sorted({float(r) for r in candidates}, reverse=True))
+    if not len(radii) or np.any(radii <= 0) or np.any(radii > diagnostics.cutoff + 1e-9):
+        raise InputError(f"candidate radii must lie in (0, {diagnostics.cutoff}] Å, got {list(candidates)!r}")
+    frames = ShiftDiagnostics._frames(frames, "configurations to refine")
+    dist = np.stack([_w1_nearest(np.stack([_cdf(laplacian_spectrum(a, r)) for a in frames]), diagnostics.train_cdfs_)
+                     for r in radii], axis=1) if frames else np.zeros((0, len(radii)))
+    # argmin takes the first minimum: radii are in decreasing order, so ties keep the larger radius
+    return radii[np.argmin(dist, axis=1)] if len(frames) else np.zeros(0)

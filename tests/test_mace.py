@@ -172,6 +172,19 @@ def test_predict_shapes_units_and_environment(fitted, test_frames):
     np.testing.assert_allclose(f1[0], forces[1], rtol=0, atol=1e-9)
 
 
+def test_predict_with_a_smaller_graph_radius(fitted, test_frames):
+    # radius refinement: the model's own r_max reproduces predict(); a shorter radius drops edges
+    r_max = float(fitted._torch_model()[0].r_max)
+    e, f = fitted.predict(test_frames)
+    e_same, _ = fitted.predict(test_frames, cutoffs=[r_max] * 3)
+    np.testing.assert_allclose(e_same, e, rtol=0, atol=1e-9)
+    e_short, f_short = fitted.predict(test_frames, cutoffs=[r_max, 2.0, r_max])
+    assert abs(e_short[1] - e[1]) > 1e-6 and np.all(np.isfinite(f_short[1]))
+    np.testing.assert_allclose(e_short[[0, 2]], e[[0, 2]], rtol=0, atol=1e-9)
+    with pytest.raises(InputError, match="cutoffs"):
+        fitted.predict(test_frames, cutoffs=[r_max + 1.0] * 3)
+
+
 def test_calculator_matches_predict(fitted, test_frames):
     energies, forces = fitted.predict(test_frames)
     before = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")

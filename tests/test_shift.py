@@ -133,3 +133,21 @@ def test_oed_shift_json_table_and_plot(ethanol_dir, tmp_path):
     assert "connectivity" in text and "md" in text
     bad = oed("shift", train, md, "--forces", "dft", check=False)
     assert bad.returncode == 2 and "--forces must be one of" in bad.stderr
+
+
+# ------------------------------------------------------ radius refinement
+def _chain(spacing: float, n: int = 4) -> Atoms:
+    return Atoms("H" * n, positions=[[spacing * k, 0.0, 0.0] for k in range(n)])
+
+
+def test_radius_refinement_picks_the_radius_that_restores_the_training_graph():
+    from oed.shift import refined_radii
+
+    train = [_chain(1.0), _chain(1.05), _chain(0.95)]  # paths P4 at the 1.5 Å cut-off
+    diag = ShiftDiagnostics(descriptor=SOAPDescriptor(**SMALL_SOAP), cutoff=1.5).fit(train)
+    squeezed = _chain(0.6)  # at 1.5 Å every atom sees two neighbours each side: not a path
+    assert diag.score([squeezed]).flagged["connectivity"][0]
+    # at 1.3 Å the second neighbours (1.2 Å) are still in; at 1.0 and 0.8 Å it is P4 again: ties keep the larger
+    np.testing.assert_allclose(refined_radii(diag, [squeezed, _chain(1.0)], [1.5, 1.3, 1.0, 0.8]), [1.0, 1.5])
+    with pytest.raises(InputError, match="candidate radii"):
+        refined_radii(diag, [squeezed], [2.0])
