@@ -404,12 +404,6 @@ class MACEModel(SubprocessModel):
     log_file_ : pathlib.Path
         run_train's output (stdout and stderr).
 
-    Examples
-    --------
-    >>> model = MACEModel(MACESettings(max_num_epochs=50))  # doctest: +SKIP
-    >>> model.fit(frames, e0s=e0s, workdir="fit")  # doctest: +SKIP
-    >>> energies, forces = model.predict(test_frames)  # doctest: +SKIP
-    >>> features = model.descriptors(pool)  # doctest: +SKIP
     """
 
     settings_class = MACESettings
@@ -503,8 +497,11 @@ class MACEModel(SubprocessModel):
             self._model, self._model_device = model.to(device).eval().requires_grad_(False), device
         return self._model, self._model_device
 
-    def _batches(self, frames: Sequence[Atoms], model: Any, device: str, cutoffs=None) -> Iterator[Any]:
-        """Graph batches of copies of ``frames``; edges within ``cutoffs[i]`` Å (default r_max)."""
+    #: Head that :meth:`predict` reads out (a multi-head model, :mod:`loops.ttt`); None: the only one.
+    head: str | None = None
+
+    def _batches(self, frames: Sequence[Atoms], model: Any, device: str, cutoffs=None, head=None) -> Iterator[Any]:
+        """Graph batches of copies of ``frames`` for ``head``; edges within ``cutoffs[i]`` Å (default r_max)."""
         mace = _import_mace()
         dtype = next(model.parameters()).dtype
         z_table = mace["AtomicNumberTable"]([int(z) for z in model.atomic_numbers])
@@ -515,6 +512,7 @@ class MACEModel(SubprocessModel):
             for i, atoms in enumerate(frames):
                 clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
                 config = mace["data"].config_from_atoms(clean, key_specification=mace["data"].KeySpecification())
+                config.head = head or self.head or config.head
                 cutoff = r_max if cutoffs is None else float(cutoffs[i])
                 graphs.append(mace["data"].AtomicData.from_config(config, z_table=z_table, cutoff=cutoff, heads=heads))
         loader = mace["DataLoader"](graphs, batch_size=self._settings().predict_batch_size, shuffle=False,
@@ -591,7 +589,7 @@ class MACEModel(SubprocessModel):
         n_inv = irreps_out.dim // (l_max + 1) ** 2
         rows: list[np.ndarray] = []
         with _torch_state(threads=self._settings().num_threads, device=device), torch.no_grad():
-            for batch in self._batches(frames, model, device, cutoffs):
+            for batch in self._batches(frames, model, device):
                 out = model(batch.to_dict(), training=False, compute_force=False, compute_stress=False)
                 inv = mace["extract_invariant"](out["node_feats"], num_layers=n_layers, num_features=n_inv,
                                                 l_max=l_max)
