@@ -128,13 +128,17 @@ def test_committed_summary_is_rendered_from_committed_results(name):
 
 # -- tutorials 01-03: built on `oed compare` ---------------------------------------------------------------
 COMPARE_TUTORIALS = ["01_strategies_ethanol", "02_forecast_vs_measurement", "03_cross_algorithm",
-                     "06_pools_where_selection_pays", "07_selection_that_pays"]
+                     "06_pools_where_selection_pays", "07_selection_that_pays", "08_redundant_md_pool"]
+#: Smoke-run here; the others in test_tutorials_compare.py, so that pytest-xdist (one file per
+#: process) runs the two halves side by side.
+SMOKE_HERE = COMPARE_TUTORIALS[:2]
 FIGURES = {
     "01_strategies_ethanol": ["learning_curves_oneshot.png", "learning_curves_sequential.png"],
     "02_forecast_vs_measurement": ["forecast_vs_measured.png"],
     "03_cross_algorithm": ["learning_curves.png"],
     "06_pools_where_selection_pays": ["learning_curves.png"],
     "07_selection_that_pays": ["learning_curves.png"],
+    "08_redundant_md_pool": ["learning_curves.png"],
 }
 
 
@@ -147,7 +151,7 @@ def smoke_dir(tmp_path_factory) -> Path:
 def _smoke_out(name: str, base: Path) -> Path:
     return {"01_strategies_ethanol": base / "t2" / "tutorial1", "02_forecast_vs_measurement": base / "t2",
             "03_cross_algorithm": base / "t3", "06_pools_where_selection_pays": base / "t6",
-            "07_selection_that_pays": base / "t7"}[name]
+            "07_selection_that_pays": base / "t7", "08_redundant_md_pool": base / "t8"}[name]
 
 
 def _run(name: str, out: Path) -> subprocess.CompletedProcess:
@@ -155,10 +159,9 @@ def _run(name: str, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("name", COMPARE_TUTORIALS)  # in this order: 02 reuses 01's smoke run
-def test_compare_tutorial_smoke_runs_and_rerun_fits_nothing(name, smoke_dir):
-    out = _smoke_out(name, smoke_dir)
+def check_compare_smoke(name: str, base: Path) -> None:
+    """Smoke-run a compare tutorial, check its outputs, rerun it and check that nothing is refitted."""
+    out = _smoke_out(name, base)
     proc = _run(name, out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(out / "results.csv")
@@ -174,6 +177,12 @@ def test_compare_tutorial_smoke_runs_and_rerun_fits_nothing(name, smoke_dir):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in cells] == stamps
     assert _rows(out / "results.csv") == rows
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", SMOKE_HERE)  # in this order: 02 reuses 01's smoke run
+def test_compare_tutorial_smoke_runs_and_rerun_fits_nothing(name, smoke_dir):
+    check_compare_smoke(name, smoke_dir)
 
 
 @pytest.mark.parametrize("name", COMPARE_TUTORIALS)
