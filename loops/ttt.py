@@ -91,17 +91,24 @@ class TTTSettings:
                 raise SetupError(f"TTTSettings.{name} is invalid: {getattr(self, name)!r}")
 
 
-def _prior_labels(frames: Sequence[Atoms], method: str) -> list[Atoms]:
-    """Copies of ``frames`` with the prior's energy and forces as their REF labels; a failure is an error."""
+def _prior_labels(frames: Sequence[Atoms], method: str, *, strict: bool = True) -> list[Atoms | None]:
+    """Copies of ``frames`` with the prior's energy and forces as their REF labels.
+
+    A configuration the prior cannot label (an SCF that does not converge) is an error with
+    ``strict``, else ``None`` in its place.
+    """
     from loops.xtb import label_many_xtb
 
     results = label_many_xtb(frames, method=method, workers=1, progress=False)
     bad = [r for r in results if not r.ok]
-    if bad:
+    if bad and strict:
         raise SetupError(f"{len(bad)} of {len(frames)} configurations have no {method} label "
                          f"(first: {bad[0].error}); the prior head needs all of them")
-    out = []
+    out: list[Atoms | None] = []
     for frame, r in zip(frames, results):
+        if not r.ok:
+            out.append(None)
+            continue
         a = frame.copy()
         a.info[REF_ENERGY] = r.atoms.info[REF_ENERGY]
         a.arrays[REF_FORCES] = np.array(r.atoms.arrays[REF_FORCES])
@@ -126,6 +133,9 @@ class TTTMACEModel(MACEModel):
         Isolated-atom energies of the prior (eV).
     ttt_seconds_ : float
         Wall time of the last :meth:`predict_ttt` per configuration (xTB labels included), s.
+    ttt_skipped_ : tuple of int
+        Positions, in the last :meth:`predict_ttt` call, of configurations the prior could not
+        label: they are predicted as trained, without adaptation.
     """
 
     head = DFT_HEAD
@@ -160,41 +170,45 @@ class TTTMACEModel(MACEModel):
     def predict_ttt(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Energies (eV, shape (n,)) and forces (eV/Å, list of (n_atoms_i, 3)) after test-time training.
 
+        A configuration the prior cannot label is predicted without adaptation and listed in
+        :attr:`ttt_skipped_`.
+
         Raises
         ------
         NotFittedError, UnknownElementError, InputError
             As :meth:`predict`.
-        SetupError
-            A test configuration the prior cannot label.
         """
         self._check_fitted()
         frames = list(frames)
         if not frames:
             return np.empty(0), []
         t0 = time.perf_counter()
-        prior = _prior_labels(frames, self.ttt.prior)
-        model, device = self._torch_model()
+        prior = _prior_labels(frames, self.ttt.prior, strict=False)
+        model, _ = self._torch_model()
         trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
         names = [n for n, _ in model.named_parameters()
                  if self.ttt.update == "all" or n.split(".")[0] in REPRESENTATION]
         if not names:
             raise SetupError("this MACE model has no node_embedding/interactions/products parameters to adapt")
-        s = self._settings()
-        energies, forces = [], []
+        labelled = [i for i, p in enumerate(prior) if p is not None]
+        skipped = [i for i, p in enumerate(prior) if p is None]
+        energies = np.empty(len(frames))
+        forces: list[np.ndarray | None] = [None] * len(frames)
         try:
-            for start in range(0, len(frames), self.ttt.batch_size):
-                chunk, labels = frames[start:start + self.ttt.batch_size], prior[start:start + self.ttt.batch_size]
-                if self.ttt.steps:
-                    self._adapt(model, device, labels, names, s)
-                e, f = self.predict(chunk)
-                energies.append(e)
-                forces.extend(f)
+            groups = [labelled[k:k + self.ttt.batch_size] for k in range(0, len(labelled), self.ttt.batch_size)]
+            for group in groups + ([skipped] if skipped else []):
+                if self.ttt.steps and group is not skipped:
+                    self._adapt(model, [prior[i] for i in group], names)
+                e, f = self.predict([frames[i] for i in group])
+                for i, ei, fi in zip(group, e, f):
+                    energies[i], forces[i] = ei, fi
                 model.load_state_dict(trained)
         finally:
             model.load_state_dict(trained)
             model.requires_grad_(False)
+        self.ttt_skipped_ = tuple(skipped)
         self.ttt_seconds_ = (time.perf_counter() - t0) / len(frames)
-        return np.concatenate(energies), forces
+        return energies, forces
 
     def _predict_head(self, frames: Sequence[Atoms], head: str) -> np.ndarray:
         """Energies (eV) read out from ``head`` (``"dft"`` or ``"prior"``)."""
@@ -206,9 +220,12 @@ class TTTMACEModel(MACEModel):
                 out.append(res["energy"].detach().cpu().numpy().astype(float))
         return np.concatenate(out)
 
-    def _adapt(self, model, device: str, labels: list[Atoms], names: list[str], s: MACESettings) -> None:
+    def _adapt(self, model, labels: list[Atoms], names: list[str]) -> None:
+        """``steps`` Adam steps on the prior head's loss over ``labels``, updating the parameters ``names``."""
         import torch
 
+        s = self._settings()
+        _, device = self._torch_model()
         params = dict(model.named_parameters())
         trainable = [params[n] for n in names]
         model.requires_grad_(False)

@@ -123,7 +123,8 @@ def test_replay_oracle_refuses_an_unlabelled_pool(tmp_path):
                                               ("sequential", ("info-gain", "d-optimal"))])
 def test_unpicked_labels_never_reach_selection_or_training(pool_file, test_file, tmp_path, mode, strategies):
     """Scramble every label nobody picked: a leak would change some pick or some error."""
-    cfg = _config(pool_file, [test_file], tmp_path / "a", mode=mode, strategies=strategies)
+    # one seed: the leak would show in any seed's picks or errors, and each seed costs a dozen gap_fit runs
+    cfg = _config(pool_file, [test_file], tmp_path / "a", mode=mode, strategies=strategies, n_seeds=1)
     rows_a = run_compare(cfg, progress=False, log=lambda m: None)
     picked = set()
     for path in (tmp_path / "a" / "selections").rglob("seed*.json"):
@@ -141,7 +142,7 @@ def test_unpicked_labels_never_reach_selection_or_training(pool_file, test_file,
     assert len(picked) < len(frames)  # something was left unpicked, so the test can fail
     poisoned = tmp_path / "poisoned.xyz"
     write(poisoned, scrambled)
-    rows_b = run_compare(_config(poisoned, [test_file], tmp_path / "b", mode=mode, strategies=strategies),
+    rows_b = run_compare(_config(poisoned, [test_file], tmp_path / "b", mode=mode, strategies=strategies, n_seeds=1),
                          progress=False, log=lambda m: None)
     key = lambda r: (r["strategy"], r["seed"], r["budget"], r["test_set"], r["metric"])
     assert len(rows_a) == len(rows_b) > 0

@@ -65,3 +65,12 @@ def test_zero_steps_is_plain_prediction_and_bad_settings_are_refused(fitted):
         TTTSettings(update="readouts").validate()
     with pytest.raises(SetupError, match="lr"):
         TTTMACEModel(ttt=TTTSettings(lr=-1.0))
+
+
+def test_a_configuration_the_prior_cannot_label_is_predicted_without_adaptation(fitted):
+    model, test = fitted
+    broken = test[0].copy()
+    broken.positions[1] = broken.positions[0] + [0.05, 0.0, 0.0]  # two atoms on top of each other
+    e, _ = model.predict_ttt([test[1], broken])
+    assert model.ttt_skipped_ == (1,)
+    np.testing.assert_allclose(e[1], model.predict([broken])[0][0], rtol=0, atol=1e-9)
