@@ -186,8 +186,8 @@ def efficiency_table(rows, budgets) -> str:
     return "\n".join(lines) + "\n"
 
 
-def picks_by_trajectory(out: Path) -> str:
-    """Markdown: mean share of each trajectory among the picks at k = 100, per strategy (from the work folder)."""
+def pick_shares(out: Path) -> list[dict]:
+    """Per strategy, the mean share of its k = 100 picks from each pool trajectory (read from the work folder)."""
     import json
 
     from oed.io import read_structures
@@ -195,10 +195,10 @@ def picks_by_trajectory(out: Path) -> str:
     work = out / "work"
     pool_path = work / "pool_md.xyz"
     if not pool_path.exists():
-        return ""
+        return []
     types = [a.info.get("config_type") for a in read_structures(pool_path)]
     names = sorted(set(types))
-    shares: dict[str, list] = {}
+    shares: dict[str, list] = {"(pool)": [[types.count(n) / len(types) for n in names]]}
     for sub in ("random", "oneshot"):
         for f in sorted((work / sub).glob(f"cells/*/seed*/k{HEADLINE_BUDGET}.json")):
             try:
@@ -206,24 +206,36 @@ def picks_by_trajectory(out: Path) -> str:
             except (OSError, ValueError):
                 continue
             idx = cell.get("train") or []
-            if not idx or "strategy" not in cell:
-                continue
-            shares.setdefault(cell["strategy"], []).append([sum(types[i] == n for i in idx) / len(idx) for n in names])
-    if not shares:
+            if idx and "strategy" in cell:
+                shares.setdefault(cell["strategy"], []).append(
+                    [sum(types[i] == n for i in idx) / len(idx) for n in names])
+    return [{"strategy": strategy, "trajectory": n, "share": repr(sum(v[j] for v in values) / len(values))}
+            for strategy, values in shares.items() for j, n in enumerate(names)]
+
+
+def picks_by_trajectory(picks_csv: Path) -> str:
+    """Markdown from ``picks.csv`` (written next to results.csv): where the k = 100 picks come from."""
+    import csv
+
+    if not picks_csv.exists():
         return ""
-    pool_share = [types.count(n) / len(types) for n in names]
+    with open(picks_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return ""
+    names = list(dict.fromkeys(r["trajectory"] for r in rows))
+    table = {(r["strategy"], r["trajectory"]): float(r["share"]) for r in rows}
+    strategies = ["(pool)"] + sorted({r["strategy"] for r in rows} - {"(pool)"})
     lines = [f"## Where the k = {HEADLINE_BUDGET} picks come from\n",
              "Share of the picks from each pool trajectory (mean over seeds); the pool's own share first.\n",
-             "| strategy | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names),
-             "| (pool) | " + " | ".join(f"{s:.2f}" for s in pool_share) + " |"]
-    for strategy, values in sorted(shares.items()):
-        mean = [sum(v[j] for v in values) / len(values) for j in range(len(names))]
-        lines.append(f"| {strategy} | " + " | ".join(f"{s:.2f}" for s in mean) + " |")
+             "| strategy | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for strategy in strategies:
+        lines.append(f"| {strategy} | " + " | ".join(f"{table[(strategy, n)]:.2f}" for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 
 def render_summary(results_csv: str | Path) -> str:
-    """summary.md, from results.csv alone (the picks table reads the work folder when it is there)."""
+    """summary.md, from results.csv and the picks.csv next to it alone."""
     rows = read_results(results_csv)
     seeds = len({r["seed"] for r in rows})
     budgets = sorted({r["budget"] for r in rows if r["strategy"] != "random"})
@@ -251,7 +263,7 @@ def render_summary(results_csv: str | Path) -> str:
     lines.append(f"## At k = {budget}\n")
     panels = [p for p in (ID, (TEST, "energy_mae")) if p in by_key]
     lines.append(headline_table(rows, budget, panels, efficiency_on=ID, second="kmeans"))
-    picks = picks_by_trajectory(Path(results_csv).parent)
+    picks = picks_by_trajectory(Path(results_csv).with_name("picks.csv"))
     if picks:
         lines.append(picks)
     lines.append("## Learning curves\n")
@@ -265,6 +277,9 @@ def main(argv=None) -> int:
     runs = configs(out, smoke=args.smoke, workers=args.workers)
     rows = run_comparisons(runs, lambda key, strategy: strategy, smoke=args.smoke)
     write_results(out / "results.csv", rows)
+    from _shared import write_rows
+
+    write_rows(out / "picks.csv", pick_shares(out), ("strategy", "trajectory", "share"))
     atomic_write_text(out / "summary.md", render_summary(out / "results.csv"))
     rows = read_results(out / "results.csv")  # the figure from exactly what was written
     panels = [p for p in (ID, (TEST, "energy_mae")) if p in curves(rows)]
