@@ -163,13 +163,12 @@ def part_a(out: Path, *, smoke: bool) -> list[dict]:
     return rows
 
 
-def _per_config_errors(model, frames) -> tuple[list, list]:
+def _per_config_errors(frames, energies, forces) -> tuple[list, list]:
     """Force MAE (meV/Å) and |energy error| (meV/atom) per configuration; None where unlabelled."""
     import numpy as np
 
     from oed.io import reference_energy, reference_forces
 
-    energies, forces = model.predict(frames)
     f_err, e_err = [], []
     for a, e, f in zip(frames, energies, forces):
         ref_f, ref_e = reference_forces(a), reference_energy(a)
@@ -204,7 +203,7 @@ def part_b_system(system: str, train, tests: dict, e0s: dict, gap, work: Path, s
     diag.fit(train, force_norms=cached_force_norms(train, cell / "train_xtb_norms.npy"))
     rows = []
     for name, frames in tests.items():
-        f_err, e_err = _per_config_errors(model, frames)
+        f_err, e_err = _per_config_errors(frames, *model.predict(frames))
         res = diag.score(frames, force_norms=cached_force_norms(frames, work / system / f"{name}_xtb_norms.npy"))
         anyflag = np.any(np.stack(list(res.flagged.values())), axis=0)
         flags = {f"flag_{d}": res.flagged[d] for d in DIAGS}
@@ -462,8 +461,9 @@ def part_c(out: Path, *, smoke: bool) -> list[dict]:
                            "ttt": model.predict_ttt(frames)}
             ttt_s = model.ttt_seconds_  # per configuration, its xTB labels included
             for refinement, (energies, forces) in predictions.items():
-                f_err, e_err = _errors_of(frames, energies, forces)
-                for metric, values in (("force_mae", f_err), ("energy_mae", e_err)):
+                f_err, e_err = _per_config_errors(frames, energies, forces)
+                for metric, values in (("force_mae", [x for x in f_err if x is not None]),
+                                       ("energy_mae", [x for x in e_err if x is not None])):
                     if values:
                         seed_rows.append({"strategy": "ethanol-mace/random", "seed": seed, "budget": n_train,
                                           "test_set": name, "metric": metric, "value": repr(float(np.mean(values))),
@@ -476,21 +476,6 @@ def part_c(out: Path, *, smoke: bool) -> list[dict]:
         atomic_write_text(done, json.dumps(seed_rows))
         rows += seed_rows
     return rows
-
-
-def _errors_of(frames, energies, forces) -> tuple[list, list]:
-    import numpy as np
-
-    from oed.io import reference_energy, reference_forces
-
-    f_err, e_err = [], []
-    for a, e, f in zip(frames, energies, forces):
-        ref_f, ref_e = reference_forces(a), reference_energy(a)
-        if ref_f is not None:
-            f_err.append(1000.0 * float(np.mean(np.abs(np.asarray(f) - ref_f))))
-        if ref_e is not None:
-            e_err.append(1000.0 * abs(float(e) - ref_e) / len(a))
-    return f_err, e_err
 
 
 def refinement_table(rows: list[dict]) -> str:
