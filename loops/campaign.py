@@ -107,6 +107,8 @@ class Campaign:
         One-shot: select ``schedule[-1]`` at once, label-free; cells use prefixes.
     keep_models : bool
         Keep every cell's model files.
+    refinements : tuple of str
+        Test-time refinements every cell is also scored with (:mod:`loops.refine`).
     features : Features
         Design blocks per feature space (shared between campaigns).
     """
@@ -127,6 +129,7 @@ class Campaign:
     test_limit: int | None = None
     keep_models: bool = False
     md_stability_steps: int = 0
+    refinements: tuple[str, ...] = ()
     log: Log = _quiet
     _labels: dict = field(default_factory=dict, repr=False)
 
@@ -216,7 +219,8 @@ class Campaign:
         return CellTask(self.label, self.seed, budget, tuple(picked), len(picked) - len(ok),
                         train, self.model.name, self.model.resolved_settings(), self._e0s(train),
                         self.tests, self.test_limit, str(self.out), self.keep_models,
-                        model_seed=self.model.seed, round=r, md_stability_steps=self.md_stability_steps)
+                        model_seed=self.model.seed, round=r, md_stability_steps=self.md_stability_steps,
+                        refinements=tuple(self.refinements))
 
     def _selection_model(self, r: int, selected: list[int], kept):
         """The model the next selection needs, fitted on the labels of rounds < r."""

@@ -99,6 +99,7 @@ class CellTask:
     model_seed: int | None = None
     round: int = 0
     md_stability_steps: int = 0
+    refinements: tuple[str, ...] = ()
 
     @property
     def workdir(self) -> Path:
@@ -132,6 +133,14 @@ def run_cell(task: CellTask, fitted=None) -> dict:
         model.fit(list(task.train), e0s=task.e0s, workdir=task.workdir)
     t1 = time.perf_counter()
     errors = score(model, task.tests, task.test_limit)
+    refined = {}
+    if task.refinements:
+        from loops.refine import refined_predictor
+
+        t2 = time.perf_counter()
+        for refinement in task.refinements:  # the same fitted model, scored through each refinement
+            refined[refinement] = score(refined_predictor(model, refinement, task.train), task.tests, task.test_limit)
+        refine_seconds = round(time.perf_counter() - t2, 2)
     record = {
         "strategy": task.strategy,
         "seed": task.seed,
@@ -144,6 +153,9 @@ def run_cell(task: CellTask, fitted=None) -> dict:
         "score_seconds": round(time.perf_counter() - t1, 2),
         "errors": errors,
     }
+    if refined:
+        record["refined"] = refined
+        record["refine_seconds"] = refine_seconds
     if task.md_stability_steps:
         record["md_stability"] = stability(model, task.tests, task.md_stability_steps)
     if hasattr(model, "predict_uncertainty"):
@@ -226,8 +238,13 @@ def read_cell(out: Path, strategy: str, seed: int, budget: int,
     return record
 
 
-def collect_rows(out: Path, strategies: Sequence[str], seeds: Sequence[int], budgets: Sequence[int]) -> list[dict]:
-    """Tidy rows of every finished cell of the asked-for strategies, seeds and budgets."""
+def collect_rows(out: Path, strategies: Sequence[str], seeds: Sequence[int], budgets: Sequence[int],
+                 refinements: Sequence[str] = ()) -> list[dict]:
+    """Tidy rows of every finished cell of the asked-for strategies, seeds and budgets.
+
+    With ``refinements`` every row also has a ``refinement``: ``"none"`` for the model as trained,
+    and one row set per refinement the cell was scored with (:mod:`loops.refine`).
+    """
     rows = []
     for strategy in strategies:
         for seed in seeds:
@@ -235,9 +252,13 @@ def collect_rows(out: Path, strategies: Sequence[str], seeds: Sequence[int], bud
                 record = read_cell(Path(out), strategy, seed, budget)
                 if record is None:
                     continue
-                for test_set, metrics in record["errors"].items():
-                    for metric in METRICS:
-                        if metric in metrics:
-                            rows.append({"strategy": strategy, "seed": seed, "budget": budget,
-                                         "test_set": test_set, "metric": metric, "value": float(metrics[metric])})
+                scored = [("none", record["errors"])]
+                scored += [(r, record.get("refined", {}).get(r)) for r in refinements]
+                for refinement, errors in scored:
+                    for test_set, metrics in (errors or {}).items():
+                        for metric in METRICS:
+                            if metric in metrics:
+                                rows.append({"strategy": strategy, "seed": seed, "budget": budget,
+                                             "test_set": test_set, "metric": metric, "value": float(metrics[metric]),
+                                             **({"refinement": refinement} if refinements else {})})
     return rows

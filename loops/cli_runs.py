@@ -131,7 +131,7 @@ def loop_run(
     init_strategy: Annotated[Optional[str], typer.Option(help="Label-free strategy of the initial design (default: --strategy; random when --strategy needs a fitted model).")] = None,
     method: Annotated[str, typer.Option(help="Level of theory, xc/basis (PySCF, the default oracle).")] = "pbe/def2-svp",
     oracle: Annotated[Optional[str], typer.Option(help="Labels from: pyscf:xc/basis, xtb:gfn2-xtb, 'ase:MODULE:CLASS[:JSON]', or pool (replay the pool's labels). Default: pyscf at --method.")] = None,
-    model: Annotated[str, typer.Option(help="Model fitted each round: gap or mace.")] = "gap",
+    model: Annotated[str, typer.Option(help="Model fitted each round: gap, mace, or mace-ttt (two heads, for --ttt).")] = "gap",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[Optional[int], typer.Option(help="Labelling processes (default: one per core).")] = None,
     e0s: Annotated[Optional[Path], typer.Option(help="Isolated-atom energies (extxyz); default: computed by the oracle.")] = None,
@@ -149,6 +149,8 @@ def loop_run(
     max_labels: Annotated[Optional[int], typer.Option(help="Stop an exploring run at this many labels.")] = None,
     committee: Annotated[int, typer.Option(help="Train a committee of K models each round (seeds and 80 % subsamples); its force deviation is --uncertainty committee (eV/Å). 0: one model.")] = 0,
     md_stability: Annotated[int, typer.Option(help="After each exploring round, MD steps at 300 K from test geometries to measure stability (0: off).")] = 0,
+    ttt: Annotated[bool, typer.Option("--ttt", help="Also score every model after test-time training on a GFN2-xTB prior (Kreiman & Krishnapriyan, arXiv:2503.08674): the model is the two-head MACE mace-ttt (DFT and GFN2-xTB heads on one representation; --model mace is switched to it), which takes 10 Adam steps on its xTB head's loss per batch of 8 test configurations and predicts with its DFT head. No DFT label of a test configuration is used; results get a refinement column (none, ttt).")] = False,
+    radius_refinement: Annotated[bool, typer.Option("--radius-refinement", help="Also score every MACE with radius refinement: per test configuration the graph radius among 1.0, 0.9, …, 0.6 × r_max whose normalised-Laplacian spectrum is nearest a training graph (no label used).")] = False,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file of options (keys: option names, e.g. init-from, md-steps); options given on the command line win. A [cluster] table labels on Slurm/PBS/SGE through dask-jobqueue.")] = None,
 ) -> None:
     """Run or resume an active-learning loop: select → label → fit → score, round after round.
@@ -178,11 +180,12 @@ def loop_run(
         merged = merge_options(ctx, given, options, Path(config_file).resolve().parent)
         (test, out_dir, pool, init, batch, rounds, strategy, init_strategy, method, oracle, model, seed, workers, e0s,
          test_limit, scheduler, init_from, explore, temperatures, md_steps, timestep, starts, uncertainty, trust_lo,
-         trust_hi, max_labels, committee, md_stability) = (merged[k] for k in _LOOP_RUN_OPTIONS)
+         trust_hi, max_labels, committee, md_stability, ttt, radius_refinement) = (merged[k] for k in _LOOP_RUN_OPTIONS)
     if not test or out_dir is None:
         raise InputError("give --test and --out (on the command line or in --config)")
     if cluster is not None and scheduler is not None:
         raise InputError("give either --scheduler or a [cluster] table, not both")
+    model, refinements = _refinements(model, ttt, radius_refinement)
     exploration = ExploreSettings(temperatures=_csv_list(temperatures, "--temperatures", float), md_steps=md_steps,
                                   timestep_fs=timestep, starts=starts, uncertainty=uncertainty,
                                   trust_lo=trust_lo, trust_hi=trust_hi)
@@ -190,14 +193,23 @@ def loop_run(
                         n_rounds=rounds, strategy=strategy, init_strategy=init_strategy, method=method,
                         oracle=oracle, model=model, seed=seed, workers=_parse_workers(workers), e0s_file=e0s,
                         test_limit=test_limit, init_from=init_from, explore=explore, exploration=exploration,
-                        max_labels=max_labels, md_stability_steps=md_stability, committee=committee)
+                        max_labels=max_labels, md_stability_steps=md_stability, committee=committee,
+                        refinements=refinements)
     _run_loop(config, scheduler, cluster)
 
 
 _LOOP_RUN_OPTIONS = ("test", "out_dir", "pool", "init", "batch", "rounds", "strategy", "init_strategy", "method",
                      "oracle", "model", "seed", "workers", "e0s", "test_limit", "scheduler", "init_from", "explore",
                      "temperatures", "md_steps", "timestep", "starts", "uncertainty", "trust_lo", "trust_hi",
-                     "max_labels", "committee", "md_stability")
+                     "max_labels", "committee", "md_stability", "ttt", "radius_refinement")
+
+
+def _refinements(model: str, ttt: bool, radius: bool) -> tuple[str, tuple[str, ...]]:
+    """(model, refinements) for --ttt / --radius-refinement: TTT needs the two-head mace-ttt."""
+    if ttt and model == "mace":
+        _log("--ttt: training the two-head MACE mace-ttt (DFT and GFN2-xTB heads) instead of mace")
+        model = "mace-ttt"
+    return model, tuple(r for r, on in (("radius", radius), ("ttt", ttt)) if on)
 
 
 @app.command()
@@ -248,7 +260,7 @@ def compare(
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies (selectors; gap-variance or lfab in sequential mode; ggfps and lfab read GFN2-xTB labels of the candidates, counted in cheap_cost.csv).")] = "random,fps,cur,kmeans,d-optimal,i-optimal",
     budgets: Annotated[str, typer.Option(help="Comma-separated training-set sizes.")] = "25,50,100,200",
     seeds: Annotated[int, typer.Option(help="Number of seeds (0 … N−1).")] = 5,
-    model: Annotated[str, typer.Option("--model", "--train-with", help="Model trained and scored: gap or mace.")] = "gap",
+    model: Annotated[str, typer.Option("--model", "--train-with", help="Model trained and scored: gap, mace, or mace-ttt (two heads, DFT and GFN2-xTB, for --ttt).")] = "gap",
     select_with: Annotated[str, typer.Option(help="Selection feature space: soap, gap-kernel, or mace (sequential).")] = "soap",
     features: Annotated[str, typer.Option(help="Information rows: energy, or energy + 3N forces.")] = "energy",
     mode: Annotated[str, typer.Option(help="oneshot (rank once) or sequential (rounds with refits).")] = "oneshot",
@@ -261,6 +273,8 @@ def compare(
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address: run cells on a Dask cluster.")] = None,
     keep_models: Annotated[bool, typer.Option("--keep-models", help="Keep every fitted model's files.")] = False,
     md_stability: Annotated[int, typer.Option(help="Per cell, MD steps (0.5 fs, 300 K) from 4 geometries of the first test file: time to the first physical failure (broken bond, fragments, collision, energy blow-up) in summary.md and md_stability.csv. 0: off.")] = 0,
+    ttt: Annotated[bool, typer.Option("--ttt", help="Also score every model after test-time training on a GFN2-xTB prior (Kreiman & Krishnapriyan, arXiv:2503.08674): the model is the two-head MACE mace-ttt (DFT and GFN2-xTB heads on one representation; --model mace is switched to it), which takes 10 Adam steps on its xTB head's loss per batch of 8 test configurations and predicts with its DFT head. No DFT label of a test configuration is used; results get a refinement column (none, ttt).")] = False,
+    radius_refinement: Annotated[bool, typer.Option("--radius-refinement", help="Also score every MACE with radius refinement: per test configuration the graph radius among 1.0, 0.9, …, 0.6 × r_max whose normalised-Laplacian spectrum is nearest a training graph (no label used).")] = False,
     dft_label_seconds: Annotated[float, typer.Option(help="Seconds per DFT label, to count cheap-oracle labels (lfab, ggfps) in DFT-label equivalents when the oracle's are not measured (pool replay). Default: PBE/def2-SVP, one ethanol, 2 cores.")] = 8.0,
 ) -> None:
     """Compare selection strategies: strategies × seeds × budgets, errors in and out of distribution.
@@ -271,12 +285,13 @@ def compare(
     """
     from loops.compare import CompareConfig, run_compare
 
+    model, refinements = _refinements(model, ttt, radius_refinement)
     config = CompareConfig(
         pool=pool, tests=tuple(test), out=out_dir, strategies=_csv_list(strategies, "--strategies"),
         budgets=_csv_list(budgets, "--budgets", int), n_seeds=seeds, model=model, select_with=select_with,
         features=features, mode=mode, oracle=oracle, pool_fraction=pool_fraction, target=target, e0s_file=e0s,
         test_limit=test_limit, workers=_parse_workers(workers), keep_models=keep_models, md_stability_steps=md_stability,
-        dft_label_seconds=dft_label_seconds,
+        dft_label_seconds=dft_label_seconds, refinements=refinements,
     )
     from loops.parallel import dask_client
 

@@ -124,6 +124,10 @@ class CompareConfig:
         Per cell, MD steps (0.5 fs, 300 K) from 4 test geometries to measure the time to the first
         physical failure (0: not measured); in ``md_stability.csv`` and ``summary.md``. Cells
         finished before it was asked keep no stability (remove them to measure it).
+    refinements : tuple of str
+        Test-time refinements each cell is also scored with (``"radius"``, ``"ttt"``;
+        :mod:`loops.refine`); results.csv then has a ``refinement`` column and summary.md a
+        table of the changes. ``ttt`` needs ``model="mace-ttt"``.
     dft_label_seconds : float
         Seconds one DFT label costs, to express cheap-oracle labels (``lfab``, ``ggfps``) in
         DFT-label equivalents when the oracle's own are not measured (a replayed pool); default
@@ -151,6 +155,7 @@ class CompareConfig:
     reg: float = DEFAULT_REG
     keep_models: bool = False
     md_stability_steps: int = 0
+    refinements: tuple[str, ...] = ()
     dft_label_seconds: float = 8.0
 
     def validate(self) -> None:
@@ -183,6 +188,9 @@ class CompareConfig:
         if isinstance(self.n_seeds, bool) or not isinstance(self.n_seeds, int) or self.n_seeds < 1:
             raise InputError(f"the number of seeds must be a positive integer, got {self.n_seeds!r}")
         model_class(self.model)
+        from loops.refine import check_refinements
+
+        check_refinements(self.model, tuple(self.refinements))
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "oneshot":
@@ -241,6 +249,8 @@ class CompareConfig:
             "target": target_digest,
             "test_limit": self.test_limit,
             "reg": self.reg,
+            # cells scored without a refinement would lack its rows: a change is refused, like the model's
+            **({"refinements": sorted(self.refinements)} if self.refinements else {}),
         }
 
 
@@ -325,7 +335,8 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
                 model=ModelRef(config.model, config.settings(), seed=seed), e0s=e0s, tests=tests,
                 schedule=budgets, features=features, ahead=config.mode == "oneshot",
                 first=RandomStrategy() if spec.model else None, test_limit=config.test_limit,
-                keep_models=config.keep_models, md_stability_steps=config.md_stability_steps, log=log))
+                keep_models=config.keep_models, md_stability_steps=config.md_stability_steps,
+                refinements=tuple(config.refinements), log=log))
     for fspec in dict.fromkeys(config.feature_spec(s) for s in config.specs()):
         if fspec is not None:  # computed once here; campaigns (and workers, from the cache) reuse them
             log(_describe(fspec, len(pool)))
@@ -344,8 +355,9 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
             campaign.log = _quiet_log
         executor.map(_campaign_in_worker, campaigns, description="campaigns")
 
-    rows = collect_rows(out, config.strategies, config.seeds, budgets)
+    rows = collect_rows(out, config.strategies, config.seeds, budgets, tuple(config.refinements))
     write_results(out / "results.csv", rows)
+    rows = [r for r in rows if r.get("refinement", "none") == "none"]  # tables and curves: the models as trained
     header = (f"Pool `{Path(config.pool).name}` ({len(frames)} configurations, {config.pool_fraction:g} per seed), "
               f"model **{config.model}**, mode **{config.mode}**, oracle `{config.oracle}`; strategies without "
               f"`@space` select in **{config.select_with}** space ({config.features} rows).")
@@ -353,6 +365,11 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
     if config.md_stability_steps:
         summary += _stability_table(out, config, budgets)
     summary += _cost_table(out, campaigns, config, oracle, live)
+    if config.refinements:
+        from loops.refine import refinement_table
+        from loops.report import read_results
+
+        summary += refinement_table(read_results(out / "results.csv", refinement=None))
     atomic_write_text(out / "summary.md", summary)
     plot_learning_curves(rows, out, title_prefix=f"{config.model}, {config.mode}: ")
     log(f"comparison finished in {time.perf_counter() - t0:.0f} s: {out / 'summary.md'}")

@@ -124,6 +124,9 @@ class LoopConfig:
     md_stability_steps : int
         With ``explore``: after each round, this many steps of 300 K MD from test geometries
         measure the model's MD stability (0: not measured).
+    refinements : tuple of str
+        Test-time refinements each round's model is also scored with (``"radius"``, ``"ttt"``;
+        :mod:`loops.refine`): ``results.json`` gains ``refined`` errors per round.
     """
 
     pool: Path | None
@@ -152,6 +155,7 @@ class LoopConfig:
     max_labels: int | None = None
     md_stability_steps: int = 0
     committee: int = 0
+    refinements: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Check the settings before any work.
@@ -206,6 +210,11 @@ class LoopConfig:
             raise InputError(f"test files must have distinct names, repeated: {', '.join(dup)}")
         parse_oracle(self.oracle_spec)
         model_class(self.model)
+        from loops.refine import check_refinements
+
+        check_refinements(self.model, tuple(self.refinements))
+        if self.refinements and self.committee:
+            raise InputError("test-time refinements score one model: drop --committee, or --ttt/--radius-refinement")
         self.settings().validate()
         self.features.validate()
 
@@ -229,6 +238,7 @@ class LoopConfig:
                                                  "max_labels": self.max_labels,
                                                  "md_stability_steps": self.md_stability_steps}),
             **({"committee": self.committee} if self.committee else {}),
+            **({"refinements": sorted(self.refinements)} if self.refinements else {}),
         }
 
     @property
@@ -364,7 +374,7 @@ def _run(config, out, frames, allowed, species, oracle, tests, log, progress) ->
         out=out, label=config.strategy, seed=config.seed, allowed=allowed, strategy=strategy, first=first,
         book=book, model=ModelRef(config.model, config.settings(), committee=config.committee), e0s=e0s, tests=tests,
         schedule=config.schedule(), features=features, test_limit=config.test_limit,
-        keep_models=config.keep_models, log=log)
+        keep_models=config.keep_models, refinements=tuple(config.refinements), log=log)
     from loops.plots import plot_learning_curve
 
     def _cheap_cost(r: int) -> dict:
@@ -386,6 +396,7 @@ def _run(config, out, frames, allowed, species, oracle, tests, log, progress) ->
             "strategy": init if r == 0 else config.strategy,
             "fit_seconds": rec["fit_seconds"],
             "errors": rec["errors"],
+            **({"refined": rec["refined"]} if "refined" in rec else {}),
             **_cheap_cost(r),
         } for r, rec in enumerate(records)]
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))

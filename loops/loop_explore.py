@@ -54,7 +54,8 @@ def run_exploring(config, out: Path, frames, n_seeds: int, allowed, species, ora
     campaign = Campaign(
         out=out, label=config.strategy, seed=config.seed, allowed=np.asarray(allowed, dtype=int),
         strategy=strategy, book=book, model=ModelRef(config.model, config.settings(), committee=config.committee), e0s=e0s, tests=tests,
-        schedule=(1,), features=features, test_limit=config.test_limit, keep_models=True, log=log)
+        schedule=(1,), features=features, test_limit=config.test_limit, keep_models=True,
+        refinements=tuple(config.refinements), log=log)
     if n_seeds:
         first = list(range(n_seeds))
     else:
@@ -81,7 +82,7 @@ def run_exploring(config, out: Path, frames, n_seeds: int, allowed, species, ora
                    "n_picked": rounds[r] if r < len(rounds) else 0,
                    "strategy": "seeds" if (r == 0 and n_seeds) else config.strategy,
                    "fit_seconds": rec["fit_seconds"], "errors": rec["errors"]}
-            for key in ("exploration", "md_stability"):
+            for key in ("exploration", "md_stability", "refined"):
                 if key in rec:
                     row[key] = rec[key]
             results.append(row)

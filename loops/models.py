@@ -105,6 +105,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "gap": "loops.gap:GAPModel",
     "mace": "loops.mace:MACEModel",
+    "mace-ttt": "loops.ttt:TTTMACEModel",  # two heads (DFT, GFN2-xTB) for test-time training
 }
 
 

@@ -179,8 +179,13 @@ def label_efficiency(
 
 
 # -- tidy rows ------------------------------------------------------------------------------------
-def read_results(path: str | os.PathLike) -> list[dict]:
+def read_results(path: str | os.PathLike, *, refinement: str | None = "none") -> list[dict]:
     """Rows of a results.csv (seed and budget as int, value as float).
+
+    A file scored with test-time refinements has a ``refinement`` column (:mod:`loops.refine`):
+    only the rows of ``refinement`` are returned (default ``"none"``, the models as trained, so
+    every table and curve reads as before); ``None`` returns every row, each with its
+    ``refinement`` (``"none"`` in a file without the column).
 
     Raises
     ------
@@ -195,23 +200,30 @@ def read_results(path: str | os.PathLike) -> list[dict]:
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise InputError(f"{p} lacks column(s) {', '.join(missing)}")
-        return [
-            {"strategy": r["strategy"], "seed": int(r["seed"]), "budget": int(r["budget"]),
-             "test_set": r["test_set"], "metric": r["metric"], "value": float(r["value"])}
-            for r in reader
-        ]
+        rows = []
+        for r in reader:
+            kind = r.get("refinement") or "none"
+            if refinement is not None and kind != refinement:
+                continue
+            rows.append({"strategy": r["strategy"], "seed": int(r["seed"]), "budget": int(r["budget"]),
+                         "test_set": r["test_set"], "metric": r["metric"], "value": float(r["value"]),
+                         **({"refinement": kind} if refinement is None else {})})
+        return rows
 
 
 def write_results(path: str | os.PathLike, rows: Iterable[Mapping]) -> None:
     """Write tidy rows as CSV, atomically, sorted for stable diffs."""
     import io
 
-    rows = sorted(rows, key=lambda r: (r["test_set"], r["metric"], r["strategy"], r["budget"], r["seed"]))
+    rows = sorted(rows, key=lambda r: (r["test_set"], r["metric"], r["strategy"], r["budget"], r["seed"],
+                                       r.get("refinement", "")))
+    refined = any("refinement" in r for r in rows)  # the column only where refinements were scored
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow([*COLUMNS, *(["refinement"] if refined else [])])
     for r in rows:
-        writer.writerow([r["strategy"], r["seed"], r["budget"], r["test_set"], r["metric"], f"{r['value']:.6g}"])
+        writer.writerow([r["strategy"], r["seed"], r["budget"], r["test_set"], r["metric"], f"{r['value']:.6g}",
+                         *([r.get("refinement", "none")] if refined else [])])
     atomic_write_text(path, buf.getvalue())
 
 

@@ -607,6 +607,9 @@ def render_report(view: RunView, path: str | os.PathLike) -> Path:
         md += ["None." if view.labels_from == "labels.db" else
                f"Not recorded ({view.labels_from}: a replayed pool keeps only counts, see the rounds table)."]
     md += ["", "## Is the model converged?", "", *_convergence(view)]
+    from loops.refine import report_section
+
+    md += report_section(records)
     stab = [rec for rec in records if rec.get("md_stability")]
     if stab:
         md += ["", "## MD stability", "", "NVT (Langevin) MD from test geometries with each round's model: time to "

@@ -99,7 +99,9 @@ def test_fingerprint_leaves_out_fields_that_change_no_result():
 
 # -- registry and protocol -------------------------------------------------------------------------
 def test_registry_and_make_model():
-    assert available() == sorted(REGISTRY) == ["gap", "mace"]
+    assert available() == sorted(REGISTRY) == ["gap", "mace", "mace-ttt"]
+    ttt = make_model("mace-ttt", seed=3)  # the two-head MACE of test-time training: MACE settings, default TTT
+    assert type(ttt).__name__ == "TTTMACEModel" and ttt.settings.seed == 3 and ttt.ttt.steps == 10
     gap = make_model("gap", seed=4, n_sparse=10)
     assert type(gap) is model_class("gap") and gap.settings.rnd_seed == 5 and gap.settings.n_sparse == 10
     assert isinstance(gap, Model) and isinstance(gap, ModelWithVariance)
