@@ -186,14 +186,46 @@ def plan(
     cache_dir: CacheOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Write the forecast plot (PNG).")] = None,
+    proxy: Annotated[Optional[str], typer.Option(help="Forecast errors on a proxy teacher, e.g. xtb:gfn2-xtb (see below).")] = None,
+    target_error: Annotated[Optional[float], typer.Option(help="With --proxy: force MAE to reach (meV/Å): budget per strategy and a verdict.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="With --proxy: forecast folder, reused by a rerun (default POOL-stem_plan).")] = None,
+    seeds: Annotated[int, typer.Option(help="With --proxy: seeds of the simulated runs.")] = 2,
+    model: Annotated[str, typer.Option(help="With --proxy: the model you will train (gap, mace).")] = "gap",
+    e0s: Annotated[Optional[Path], typer.Option(help="With --proxy: DFT isolated-atom energies (extxyz) for the calibration fits.")] = None,
+    dft_label_seconds: Annotated[float, typer.Option(help="With --proxy: seconds per DFT label, to state the forecast's cost.")] = 8.0,
+    workers: Annotated[Optional[int], typer.Option(help="With --proxy: parallel fits and labels (default one per core).")] = None,
 ) -> None:
-    """Forecast, before any DFT, how the model's uncertainty falls with the labelling budget.
+    """Forecast, before the DFT is run, what each strategy's labels will buy.
 
-    Per strategy and budget: the mean posterior predictive variance over the
-    target (σ² units; rows are scaled by the expected errors), the effective
-    dimension of the information matrix and, with a labelled --train set and
-    --features forces, a forecast force RMSE in meV/Å (Barzdajn & Race 2025).
+    With --proxy xtb:gfn2-xtb (recommended): the pool and --target are labelled
+    with the cheap method, every strategy is run on those labels with the model
+    you will train, and the curves are moved to the DFT level by the DFT/proxy
+    error ratio of a small DFT-labelled seed set (--train, e.g. 20 random pool
+    configurations; without it the errors stay at the proxy's level). Prints
+    force MAE (meV/Å) per strategy and budget with 95 % bounds; --json gives
+    budgets and strategies.<name>.force_mae / energy_mae (+ _lower/_upper), and
+    with --target-error the budget to reach it and a feasibility verdict.
+
+    Without --proxy: the label-free forecast — mean posterior predictive
+    variance over the target (σ² units), effective dimension and, with --train
+    and --features forces, a force RMSE (Barzdajn & Race 2025). It certifies the
+    variance-minimising designs and can rank strategies backwards (tutorial 2).
     """
+    if proxy is not None:
+        from loops.cli_plan import proxy_plan
+        from oed.errors import InputError as _InputError
+
+        try:
+            budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+        except ValueError:
+            raise _InputError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
+        if plot is not None:
+            check_output_file(plot, what="--plot")
+        proxy_plan(pool, budgets=budget_list, strategies=[n.strip() for n in strategies.split(",") if n.strip()],
+                   proxy=proxy, train=train, target=target, target_error=target_error, out=out, seeds=seeds,
+                   model=model, e0s=e0s, dft_label_seconds=dft_label_seconds, workers=workers, as_json=as_json,
+                   plot=plot)
+        return
     from oed.design import design_features, design_labels, train_energies
     from oed.errors import InputError
     from oed.forecast import calibrate, forecast
