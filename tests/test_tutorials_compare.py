@@ -27,14 +27,10 @@ SHIFT = "09_distribution_shift"
 
 @pytest.mark.integration
 def test_shift_tutorial_smoke_runs_and_rerun_fits_nothing(tmp_path):
-    import subprocess
-    import sys
-
-    from test_tutorials import ROOT, TUTORIALS, _module, _rows, assert_same_numbers
+    from test_tutorials import _module, _rows, _run, assert_same_numbers
 
     out = tmp_path / "t9"
-    cmd = [sys.executable, str(TUTORIALS / f"{SHIFT}.py"), "--smoke", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = _run(SHIFT, out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(out / "results.csv")
     assert {"strategy", "seed", "budget", "test_set", "metric", "value", "refinement"} <= set(rows[0])
@@ -44,7 +40,7 @@ def test_shift_tutorial_smoke_runs_and_rerun_fits_nothing(tmp_path):
     assert_same_numbers((out / "summary.md").read_text(), _module(SHIFT).render_summary(out / "results.csv"))
     cached = sorted((out / "work").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in cached]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = _run(SHIFT, out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert _rows(out / "results.csv") == rows
