@@ -33,11 +33,14 @@ from loops.parallel import Executor
 from oed.errors import InputError
 from oed.io import REF_ENERGY, REF_FORCES, reference_energy, reference_forces, structure_hash
 
-__all__ = ["CalculatorOracle", "LabelBook", "Oracle", "PySCFOracle", "ReplayOracle", "XTBOracle",
+__all__ = ["LABEL_FAILED", "CalculatorOracle", "LabelBook", "Oracle", "PySCFOracle", "ReplayOracle", "XTBOracle",
            "bare", "make_oracle", "parse_oracle"]
 
 #: info keys a bare configuration keeps (everything else could carry a label).
 _KEPT_INFO = ("config_type", "charge")
+#: ``atoms.info`` key marking a pool configuration whose label failed where the pool was made
+#: (value: the reason); :class:`ReplayOracle` answers it with a recorded failure.
+LABEL_FAILED = "label_failed"
 
 
 @runtime_checkable
@@ -87,20 +90,28 @@ class ReplayOracle:
     Parameters
     ----------
     frames : sequence of ase.Atoms
-        The labelled pool: every configuration with a reference energy (eV) and forces (eV/Å).
+        The labelled pool: every configuration with a reference energy (eV) and forces (eV/Å),
+        or marked ``info[LABEL_FAILED] = reason``: a configuration whose label failed where the
+        pool was made (``oed plan --proxy`` keeps such configurations, so that the pool's indices
+        — and every seeded candidate draw — match the pool it stands for). Asking for a marked
+        one returns a recorded failure with that reason.
 
     Raises
     ------
     InputError
-        A configuration without an energy or forces (its index is named).
+        A configuration without an energy or forces and not marked as failed (its index is named).
     """
 
     name = "pool"
 
     def __init__(self, frames: Sequence[Atoms]) -> None:
         self._labels: dict[str, tuple[float, np.ndarray]] = {}
+        self._failed: dict[str, str] = {}
         self._isolated: dict[str, float] = {}
         for i, atoms in enumerate(frames):
+            if atoms.info.get(LABEL_FAILED):
+                self._failed[structure_hash(atoms)] = str(atoms.info[LABEL_FAILED])
+                continue
             e, f = reference_energy(atoms), reference_forces(atoms)
             if e is None or f is None:
                 lacking = " and ".join(w for w, v in (("energy", e), ("forces", f)) if v is None)
@@ -113,9 +124,10 @@ class ReplayOracle:
         # The level the pool's frames state, when all state the same one (a pool labelled by oed
         # does): test sets are checked against it. Labels keep the oracle's name, "pool", as their
         # level in labels.db, so that existing run folders resume.
-        levels = {str(a.info["level_of_theory"]) for a in frames if "level_of_theory" in a.info}
+        labelled = [a for a in frames if not a.info.get(LABEL_FAILED)]
+        levels = {str(a.info["level_of_theory"]) for a in labelled if "level_of_theory" in a.info}
         self.level_of_theory = levels.pop() if len(levels) == 1 and all(
-            "level_of_theory" in a.info for a in frames) else self.name
+            "level_of_theory" in a.info for a in labelled) else self.name
 
     def label(self, frames: Sequence[Atoms], *, on_result=None) -> list[LabelResult]:
         """Labelled copies of ``frames``; a configuration not in the pool is a recorded failure."""
@@ -126,6 +138,8 @@ class ReplayOracle:
                 energy, forces = self._labels[key]
                 self.revealed_.add(key)
                 result = LabelResult(i, _with_label(atoms, energy, forces, self.name), None, 0.0)
+            elif key in self._failed:
+                result = LabelResult(i, None, f"failed where the pool was labelled: {self._failed[key]}", 0.0)
             else:
                 result = LabelResult(i, None, "not in the replayed pool", 0.0)
             results.append(result)

@@ -293,6 +293,34 @@ def _proxy_labelled(frames: Sequence[Atoms], cheap) -> list[Atoms | None]:
             for a, e, f in zip(frames, energies, forces)]
 
 
+def _failed_at_proxy(atoms: Atoms, proxy: str) -> Atoms:
+    from loops.oracles import LABEL_FAILED, bare
+
+    out = bare(atoms)
+    out.info[LABEL_FAILED] = f"no {proxy} label"
+    return out
+
+
+class _LabelWall:
+    """Wall seconds of the proxy labellings that computed something, kept in a JSON file.
+
+    A rerun finds the labels cached and adds nothing; a resumed run adds what it computed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from loops.rundir import read_json
+
+        self.path = path
+        self.known: dict[str, float] = read_json(path, {})
+
+    def add(self, name: str, seconds: float) -> None:
+        self.known[name] = round(self.known.get(name, 0.0) + seconds, 2)
+        atomic_write_text(self.path, json.dumps(self.known, indent=1))
+
+    def seconds(self) -> float:
+        return float(sum(self.known.values()))
+
+
 def _write_e0s(path: Path, e0s: dict[str, float]) -> None:
     atoms = []
     for symbol, energy in e0s.items():
@@ -423,17 +451,26 @@ def run_plan(config: PlanConfig, *, log: Log = print, progress: bool = True) -> 
     with run_lock(out):
         executor = Executor(workers=config.workers, progress=progress, threads=1)
         labelled = {}
+        wall = _LabelWall(out / "proxy_label_wall.json")
         for name, frames in (("pool", pool), ("target", target), ("seed set", train)):
             if frames:
                 log(f"proxy labels ({config.proxy}) of the {name}: {len(frames)} configurations")
+                t0 = time.perf_counter()
                 cheap = CheapLabels([bare(a) for a in frames], out / PROXY_DB, oracle=config.proxy, executor=executor)
                 labelled[name] = _proxy_labelled(frames, cheap)
+                if cheap.n_computed_:
+                    wall.add(name, time.perf_counter() - t0)
         label_cost = cheap.cost()  # the store holds every proxy label of this forecast
-        pool_px = [a for a in labelled["pool"] if a is not None]
+        # A pool configuration the proxy cannot label stays in the simulated pool, marked, so the
+        # pool keeps its indices: the seeded candidate draws and label-free picks then match the
+        # DFT run's one for one, and a simulated pick of it is a recorded failure (as it would be).
+        pool_px = [a if a is not None else _failed_at_proxy(p, config.proxy) for a, p in zip(labelled["pool"], pool)]
         target_px = [a for a in labelled["target"] if a is not None]
-        n_failed = len(pool) - len(pool_px)
+        n_failed = sum(a is None for a in labelled["pool"])
         if n_failed:
-            log(f"{n_failed} pool configurations have no proxy label and are left out of the simulation")
+            log(f"{n_failed} pool configurations have no proxy label: a simulated pick of one is a failed label")
+        if n_failed == len(pool):
+            raise InputError("the proxy could label no pool configuration")
         if not target_px:
             raise InputError("the proxy could label no target configuration")
         write_structures(out / "proxy_pool.xyz", pool_px)
@@ -460,10 +497,13 @@ def run_plan(config: PlanConfig, *, log: Log = print, progress: bool = True) -> 
             seed_px = labelled["seed set"]
             calibration, ratios = _calibrate(train, seed_px, proxy_e0s, config, out, log)
         budgets = sorted(int(b) for b in config.budgets)
-        strategies = forecast_curves(proxy, budgets, ratios, config.target_error, len(pool_px))
+        strategies = forecast_curves(proxy, budgets, ratios, config.target_error, len(pool) - n_failed)
         sim_seconds = _simulated_seconds(out / "simulated")
         cal_seconds = float(calibration.get("seconds", 0.0))
-        total = label_cost.seconds + sim_seconds + cal_seconds
+        # the labeller's per-label seconds leave out process start-up and parallel overhead: the
+        # total charges the wall time of the first (uncached) labelling when it is the larger
+        label_seconds = max(label_cost.seconds, wall.seconds())
+        total = label_seconds + sim_seconds + cal_seconds
         planned = max(budgets) * config.dft_label_seconds
         payload = {
             "pool": str(config.pool), "target": str(config.target) if config.target else None,
@@ -473,15 +513,16 @@ def run_plan(config: PlanConfig, *, log: Log = print, progress: bool = True) -> 
             "strategies": {k: strategies[k] for k in sorted(strategies)},
             "calibration": calibration,
             "cost": {"proxy_labels": label_cost.n_labels, "proxy_label_seconds": round(label_cost.seconds, 2),
+                     "proxy_label_wall_seconds": round(wall.seconds(), 2), "proxy_labels_failed": n_failed,
                      "simulated_fit_seconds": round(sim_seconds, 2), "calibration_seconds": round(cal_seconds, 2),
                      "total_seconds": round(total, 2), "dft_label_seconds": config.dft_label_seconds,
                      "dft_seconds_planned": planned, "fraction_of_dft": round(total / planned, 4),
-                     "label_fraction_of_dft": round(label_cost.seconds / planned, 4)},
+                     "label_fraction_of_dft": round(label_seconds / planned, 4)},
             "wall_seconds": round(time.perf_counter() - t_start, 2),
         }
         if config.target_error is not None:
             payload["target_error"] = config.target_error
-            payload["feasibility"] = feasibility(strategies, config.target_error, len(pool_px))
+            payload["feasibility"] = feasibility(strategies, config.target_error, len(pool) - n_failed)
         atomic_write_text(out / "plan.json", json.dumps(payload, indent=1))
         return payload
 

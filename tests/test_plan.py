@@ -61,7 +61,9 @@ def test_cli_plan_with_proxy_prints_the_json_shape_and_a_rerun_recomputes_nothin
 
     from loops.cli import app
 
-    write(tmp_path / "pool.xyz", read(DATA / "train.xyz", ":40"))
+    pool = read(DATA / "train.xyz", ":40")
+    pool[5].positions[1] = pool[5].positions[0] + [0.02, 0.0, 0.0]  # no proxy label: two atoms 0.02 Å apart
+    write(tmp_path / "pool.xyz", pool)
     write(tmp_path / "seed.xyz", read(DATA / "train.xyz", "900:906"))
     write(tmp_path / "target.xyz", read(DATA / "test_MD.xyz", ":6"))
     args = ["plan", str(tmp_path / "pool.xyz"), "--proxy", "xtb:gfn2-xtb", "--budgets", "4,8",
@@ -81,10 +83,16 @@ def test_cli_plan_with_proxy_prints_the_json_shape_and_a_rerun_recomputes_nothin
         assert s["budget_to_target"]["verdict"] in ("feasible", "uncertain", "not within the pool")
     assert payload["calibration"]["n_labelled"] == 6
     assert payload["feasibility"]["target_error"] == 150
-    assert payload["cost"]["proxy_labels"] == 40 + 6 + 6 and payload["cost"]["fraction_of_dft"] > 0
+    cost = payload["cost"]
+    assert cost["proxy_labels"] == 40 + 6 + 6 and cost["proxy_labels_failed"] == 1 and cost["fraction_of_dft"] > 0
+    assert cost["proxy_label_wall_seconds"] > 0  # the wall time is charged where it exceeds the per-label sum
     assert (tmp_path / "forecast.png").stat().st_size > 0
     # The DFT labels of the pool never reach the simulation: its pool holds the proxy's level only.
-    assert {a.info["level_of_theory"] for a in read(tmp_path / "plan" / "proxy_pool.xyz", ":")} == {"xtb:gfn2-xtb"}
+    # The configuration the proxy could not label keeps its place (index 5), marked, so that the
+    # simulated candidate draws are the DFT run's.
+    simulated = read(tmp_path / "plan" / "proxy_pool.xyz", ":")
+    assert len(simulated) == 40 and "no xtb:gfn2-xtb label" in simulated[5].info["label_failed"]
+    assert {a.info["level_of_theory"] for i, a in enumerate(simulated) if i != 5} == {"xtb:gfn2-xtb"}
     cells = sorted((tmp_path / "plan" / "simulated" / "cells").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in cells]
     again = CliRunner().invoke(app, args)
@@ -92,6 +100,23 @@ def test_cli_plan_with_proxy_prints_the_json_shape_and_a_rerun_recomputes_nothin
     assert json.loads(again.stdout.strip().splitlines()[-1])["strategies"] == payload["strategies"]
     assert [p.stat().st_mtime_ns for p in cells] == stamps  # nothing refitted
     assert "labelling with GFN2-xTB" not in again.stderr  # nothing relabelled
+    assert json.loads(again.stdout.strip().splitlines()[-1])["cost"]["proxy_label_wall_seconds"] == pytest.approx(
+        cost["proxy_label_wall_seconds"])  # the cached rerun keeps the first run's labelling time
+
+
+def test_replayed_pool_answers_a_configuration_marked_failed_with_a_recorded_failure():
+    from loops.oracles import LABEL_FAILED, ReplayOracle, bare
+
+    frames = read(DATA / "train.xyz", ":3")
+    marked = bare(frames[1])
+    marked.info[LABEL_FAILED] = "no xtb:gfn2-xtb label"
+    oracle = ReplayOracle([frames[0], marked, frames[2]])
+    results = oracle.label([bare(a) for a in frames])
+    assert [r.atoms is not None for r in results] == [True, False, True]
+    assert "no xtb:gfn2-xtb label" in results[1].error
+    unmarked = bare(frames[1])
+    with pytest.raises(InputError, match="pool configuration 1 has no reference"):
+        ReplayOracle([frames[0], unmarked])
 
 
 def test_cli_plan_refuses_a_seed_set_without_labels_and_a_replayed_proxy(tmp_path):
