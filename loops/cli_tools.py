@@ -129,7 +129,8 @@ def loop_report(
     finished: it reports what is there. DIR/report.md is rewritten each time; another
     --output is not overwritten without --force.
     """
-    from loops.runview import open_run, render_report
+    from loops.runreport import render_report
+    from loops.runview import open_run
 
     view = open_run(run_dir)
     target = Path(run_dir) / "report.md" if output is None else output

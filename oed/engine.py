@@ -206,11 +206,11 @@ class InformationState:
         self.update(self._block(j), -1)
 
     # --- criteria: gain of adding each candidate; higher is better -------------
-    def _eye_plus_S(self):
+    def _eye_plus_S(self, rows: slice = slice(None)):
         import torch
 
-        r = self.S.shape[1]
-        return torch.eye(r, dtype=torch.float64, device=self.device) + 0.5 * (self.S + self.S.transpose(1, 2))
+        S = self.S[rows]
+        return torch.eye(S.shape[1], dtype=torch.float64, device=self.device) + 0.5 * (S + S.transpose(1, 2))
 
     def log_det_gain(self):
         """½ log det(I + J_c Σ J_cᵀ) for every candidate, nats, shape (n,)."""
@@ -226,8 +226,16 @@ class InformationState:
 
         if self.Z is None:
             raise InputError("variance_reduction needs a tracked trace or target")
-        X = torch.linalg.solve(self._eye_plus_S(), self.Z)
-        return (X * self.Z).sum(dim=(1, 2))
+        if self.S.shape[1] == 1:  # energy rows: (I + S_c)⁻¹ is a scalar
+            return torch.linalg.vector_norm(self.Z[:, 0, :], dim=1) ** 2 / (1.0 + self.S[:, 0, 0].clamp_min(0))
+        # tr(G⁻¹ Z Zᵀ) with G⁻¹ of the small (r, r) blocks: a batched solve against the (r, m)
+        # right-hand sides was 90 % of an A-optimal pick (1.9 s of 2.0 s at n = 10⁴, m = 2000)
+        out = torch.empty(len(self.Z), dtype=self.Z.dtype, device=self.Z.device)
+        for i in range(0, len(self.Z), CHUNK):
+            Zc = self.Z[i : i + CHUNK]
+            Ginv = torch.linalg.inv(self._eye_plus_S(slice(i, i + CHUNK)))
+            out[i : i + CHUNK] = (Ginv * (Zc @ Zc.transpose(1, 2))).sum(dim=(1, 2))
+        return out
 
     # --- state summaries ---------------------------------------------------------
     def log_det_information(self) -> float:

@@ -177,3 +177,16 @@ def test_engine_errors():
         InformationState(np.ones((3, 2)), reg=1.0, track="target")
     with pytest.raises(InputError, match="features"):
         GreedyIOptimal(1).fit(np.ones((3, 2)), X_target=np.ones((2, 3)))
+
+
+def test_variance_reduction_of_single_rows_equals_the_block_formula():
+    """Energy rows (r = 1) take a closed form; it must equal tr((I + S_c)⁻¹ Z_c Z_cᵀ) and brute force."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(12, 5))
+    reg = 0.8
+    st = InformationState(X, reg=reg, track="trace")
+    st.add(4)
+    fast = st.variance_reduction().numpy()
+    cov = np.linalg.inv(reg * np.eye(5) + np.outer(X[4], X[4]))
+    brute = [np.trace(cov) - np.trace(np.linalg.inv(np.linalg.inv(cov) + np.outer(x, x))) for x in X]
+    assert fast == pytest.approx(brute, rel=1e-9)

@@ -116,7 +116,8 @@ def test_compare_scores_each_cell_as_trained_with_radius_refinement_and_with_ttt
 def test_loop_results_and_report_carry_the_refined_errors(files, tmp_path):
     from loops.loop import LoopConfig, run_loop
     from loops.mace import MACESettings
-    from loops.runview import open_run, render_report
+    from loops.runreport import render_report
+    from loops.runview import open_run
 
     cfg = LoopConfig(pool=files / "pool.xyz", tests=(files / "methanol.xyz",), out=tmp_path / "loop", n_init=6,
                      batch_size=4, n_rounds=1, strategy="fps", oracle="pool", e0s_file=DATA / "isolated_atoms.xyz",

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from loops.cli import app
 from loops.phases import PhaseJournal
-from loops.runview import export_labels, open_run, render_report, round_rows, run_pid
+from loops.runreport import render_report
+from loops.runview import export_labels, open_run, round_rows, run_pid
 from loops.store import LabelStore
 from oed.errors import InputError
 from oed.io import REF_ENERGY, REF_FORCES, read_structures, structure_hash, write_structures

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from oed._torch import resolve_device
 from oed.information import DEFAULT_PRIOR_PRECISION
 from oed.selectors._base import SelectorBase
 from oed.selectors._greedy import check_reg, run_greedy
+from oed.selectors._lazy import LazyDOptimal, lazy_greedy, use_lazy
 
 
 def log_det_gain(state):
@@ -39,6 +43,12 @@ class GreedyDOptimal(SelectorBase):
         Run Fedorov exchange passes after greedy selection.
     device : str, default "auto"
         Torch device; "auto" uses a GPU when present.
+    lazy : bool or "auto", default "auto"
+        Without exchange, on energy rows: lazy greedy (Minoux 1978; :mod:`oed.selectors._lazy`).
+        Gains only fall as picks are added (submodularity), so an old gain bounds the new one and
+        only the candidate on top of a max-heap is rescored until it is current — the same picks
+        as plain greedy, each rescore an (m, d) product with m the rows selected, instead of an
+        (n, d) pass per pick. "auto": on the CPU when training rows + picks ≤ features.
 
     Attributes
     ----------
@@ -52,6 +62,8 @@ class GreedyDOptimal(SelectorBase):
         Exchanges made after greedy.
     log_det_ : float
         log det Λ of training set plus picks, nats.
+    n_rescored_ : int
+        With the lazy greedy only: candidates rescored (plain greedy: n per pick).
 
     References
     ----------
@@ -71,11 +83,12 @@ class GreedyDOptimal(SelectorBase):
     gains_unit = "nats"
 
     def __init__(self, n_to_select: int, *, reg: float = DEFAULT_PRIOR_PRECISION, exchange: bool = True,
-                 device: str = "auto") -> None:
+                 device: str = "auto", lazy="auto") -> None:
         self.n_to_select = n_to_select
         self.reg = reg
         self.exchange = exchange
         self.device = device
+        self.lazy = lazy
 
     def fit(self, X, *, X_train=None, y_train=None, X_target=None) -> GreedyDOptimal:
         """Select from the pool.
@@ -103,6 +116,18 @@ class GreedyDOptimal(SelectorBase):
         """
         X, X_train, k = self._validate(X, X_train, X_target, blocks=True)
         reg = check_reg(self.reg)
+        m0 = 0 if X_train is None else len(X_train.rows)
+        # lazy: greedy only, one row per candidate, and a Woodbury space (training rows + picks)
+        # no wider than the features
+        if (not self.exchange and use_lazy(self.lazy, resolve_device(self.device)) and np.all(X.sizes == 1)
+                and m0 + k <= X.n_features):
+            state = LazyDOptimal(X.rows, reg, None if X_train is None else X_train.rows, k)
+            picks, gains, self.n_rescored_, _ = lazy_greedy(state.gains(), state.rescore, state.add, k,
+                                                            current=True, batch=64)
+            self._set_selection(picks, gains)
+            self.n_swaps_ = 0
+            self.log_det_ = state.log_det_information()
+            return self
         picks, gains, swaps, state = run_greedy(X, X_train, k, reg=reg, score=log_det_gain,
                                                 criterion=lambda st: st.log_det_information(), device=self.device,
                                                 do_exchange=bool(self.exchange))

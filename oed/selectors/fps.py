@@ -10,6 +10,7 @@ from oed._torch import CHUNK, as_tensor, resolve_device
 from oed.errors import InputError
 from oed.selectors._base import SelectorBase
 from oed.selectors._greedy import greedy_select
+from oed.selectors._lazy import LazyFPS, lazy_greedy, use_lazy
 
 
 def _squared_norms(X, chunk: int = CHUNK):
@@ -87,6 +88,11 @@ class FarthestPointSampling(SelectorBase):
         Used only by ``initialize="random"``.
     device : str, default "auto"
         Torch device; "auto" uses a GPU when present. Arithmetic is float64.
+    lazy : bool or "auto", default "auto"
+        Lazy greedy (Minoux 1978; :mod:`oed.selectors._lazy`): a row's distance to the set only
+        falls, so an old distance bounds the new one and only the row on top of a max-heap is
+        updated until it is current — the same picks without a pass over the pool per pick.
+        "auto": lazy on the CPU (where a pass is memory-bound), plain passes on a GPU.
 
     Attributes
     ----------
@@ -100,6 +106,8 @@ class FarthestPointSampling(SelectorBase):
     n_selected_ : int
     hausdorff_ : ndarray of float, shape (n_candidates,)
         Final distance of every pool row to training rows ∪ picks (0 for picks).
+    n_rescored_ : int
+        With ``lazy``: rows whose distance was brought up to date (plain FPS: n per pick).
 
     Raises
     ------
@@ -124,11 +132,13 @@ class FarthestPointSampling(SelectorBase):
     uses_random_state = True
     gains_unit = "feature distance"
 
-    def __init__(self, n_to_select: int, *, initialize=0, random_state=None, device: str = "auto") -> None:
+    def __init__(self, n_to_select: int, *, initialize=0, random_state=None, device: str = "auto",
+                 lazy="auto") -> None:
         self.n_to_select = n_to_select
         self.initialize = initialize
         self.random_state = random_state
         self.device = device
+        self.lazy = lazy
 
     def _start(self, n: int) -> int:
         init = self.initialize
@@ -167,8 +177,32 @@ class FarthestPointSampling(SelectorBase):
         X, X_train, k = self._validate(X, X_train, X_target)
         dev = resolve_device(self.device)
         start = self._start(len(X)) if X_train is None or len(X_train) == 0 else None
-        hooks = _FPSHooks(as_tensor(X, dev), None if start is not None else as_tensor(X_train, dev))
-        picks, gains = greedy_select(hooks, k, first=start)
+        if use_lazy(self.lazy, dev):
+            picks, gains, d2 = self._fit_lazy(np.asarray(X, dtype=float), X_train, k, start)
+        else:
+            hooks = _FPSHooks(as_tensor(X, dev), None if start is not None else as_tensor(X_train, dev))
+            picks, gains = greedy_select(hooks, k, first=start)
+            d2 = hooks.d2.cpu().numpy()
         self._set_selection(picks, np.sqrt(np.clip(gains, 0.0, None)))
-        self.hausdorff_ = np.sqrt(np.clip(hooks.d2.cpu().numpy(), 0.0, None))
+        self.hausdorff_ = np.sqrt(np.clip(d2, 0.0, None))
         return self
+
+    def _fit_lazy(self, X: np.ndarray, X_train, k: int, start: int | None):
+        """Lazy greedy (:mod:`oed.selectors._lazy`): the plain picks without an (n, d) pass per pick."""
+        import torch
+
+        norms = np.einsum("ij,ij->i", X, X)
+        if start is not None:  # the first pick, then every row's exact distance to it (one pass)
+            d2 = norms + norms[start] - 2.0 * (X @ X[start])
+            head, head_gain, k = [start], [np.inf], k - 1
+        else:
+            d2 = _min_squared_distance_to(torch.as_tensor(X), torch.as_tensor(norms),
+                                          torch.as_tensor(np.asarray(X_train, dtype=float))).numpy()
+            head, head_gain = [], []
+        state = LazyFPS(X, d2, k, first=start)
+        bounds = state.d2.copy()
+        if start is not None:
+            bounds[start] = -np.inf  # picked
+        picks, gains, self.n_rescored_, since = lazy_greedy(bounds, state.rescore, state.add, k, current=True)
+        return (np.concatenate([head, picks]).astype(np.int64), np.concatenate([head_gain, gains]),
+                state.finish(since))
