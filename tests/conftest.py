@@ -41,3 +41,15 @@ def pinned():
     yield pin
     for step in reversed(undo):
         step()
+
+
+#: Test files that take minutes (CI --durations), collected first: pytest-xdist keeps a file on one
+#: process and hands files out in collection order, so a slow file collected last leaves the
+#: other process idle while it runs.
+SLOW_FIRST = ("test_tutorials_compare.py", "test_tutorial_shift.py", "test_scf.py", "test_tutorial_forecast.py",
+              "test_tutorials.py", "test_cli.py", "test_plan.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept

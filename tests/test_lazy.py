@@ -65,3 +65,30 @@ def test_lazy_d_optimal_is_not_used_where_it_does_not_apply():
 def test_lazy_setting_is_checked():
     with pytest.raises(InputError, match="lazy must be"):
         make_selector("fps", 3, device="cpu", lazy="sometimes").fit(clustered(20))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_lazy_ggfps_with_a_constant_exponent_equals_plain_ggfps(train):
+    X = clustered()
+    g = np.random.default_rng(4).gamma(2.0, 1.0, size=len(X))  # eV/Å
+    X_train = clustered(20, seed=3) if train else None
+    kw = {"beta": 1.5, "seed": 0, "device": "cpu"}  # make_selector passes seed as random_state
+    lazy = make_selector("ggfps", 60, lazy=True, **kw).fit(X, X_train=X_train, force_norms=g)
+    plain = make_selector("ggfps", 60, lazy=False, **kw).fit(X, X_train=X_train, force_norms=g)
+    assert lazy.selected_idx_.tolist() == plain.selected_idx_.tolist()
+    assert lazy.gains_ == pytest.approx(plain.gains_, rel=1e-9)
+    assert lazy.hausdorff_ == pytest.approx(plain.hausdorff_, rel=1e-6, abs=1e-5)
+    scheduled = make_selector("ggfps", 10, lazy=True, beta_end=0.0, **kw).fit(X, force_norms=g)
+    assert not hasattr(scheduled, "n_rescored_")  # a β schedule makes scores rise: plain passes
+
+
+def test_random_gains_from_the_picked_rows_equal_the_pool_pass():
+    """random reports each pick's information gain; the Woodbury shortcut must give plain greedy's numbers."""
+    from oed.selectors._greedy import run_greedy
+    from oed.selectors.d_optimal import log_det_gain
+
+    X = clustered()
+    X_train = clustered(5, seed=6)
+    sel = make_selector("random", 20, seed=3, reg=0.4).fit(X, X_train=X_train)
+    _, gains, _, _ = run_greedy(X, X_train, 20, reg=0.4, score=log_det_gain, order=sel.selected_idx_, device="cpu")
+    assert sel.gains_ == pytest.approx(gains, rel=1e-8)

@@ -1,4 +1,4 @@
-"""Smoke runs of the compare tutorials 03, 06, 07 and 08 (01 and 02 are in test_tutorials.py).
+"""Smoke runs of the compare tutorials 03, 06, 07 and 08 (01 and 02 are in test_tutorials.py, 09 in test_tutorial_shift.py).
 
 A file of their own so that pytest-xdist, which keeps a file on one process, runs them beside
 the others instead of after them.
@@ -19,36 +19,3 @@ def smoke_dir(tmp_path_factory):
 @pytest.mark.parametrize("name", [n for n in COMPARE_TUTORIALS if n not in SMOKE_HERE])
 def test_compare_tutorial_smoke_runs_and_rerun_fits_nothing(name, smoke_dir):
     check_compare_smoke(name, smoke_dir)
-
-
-# -- tutorial 09: shift diagnostics and test-time refinement (not a compare tutorial) -----------------------
-SHIFT = "09_distribution_shift"
-
-
-@pytest.mark.integration
-def test_shift_tutorial_smoke_runs_and_rerun_fits_nothing(tmp_path):
-    from test_tutorials import _module, _rows, _run, assert_same_numbers
-
-    out = tmp_path / "t9"
-    proc = _run(SHIFT, out)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _rows(out / "results.csv")
-    assert {"strategy", "seed", "budget", "test_set", "metric", "value", "refinement"} <= set(rows[0])
-    assert {r["refinement"] for r in rows} == {"none", "radius", "ttt"}
-    for figure in ("shift.png", "diagnostics_vs_error.png"):
-        assert (out / figure).stat().st_size > 10_000
-    assert_same_numbers((out / "summary.md").read_text(), _module(SHIFT).render_summary(out / "results.csv"))
-    cached = sorted((out / "work").rglob("*.json"))
-    stamps = [p.stat().st_mtime_ns for p in cached]
-    proc = _run(SHIFT, out)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert [p.stat().st_mtime_ns for p in cached] == stamps
-    assert _rows(out / "results.csv") == rows
-
-
-def test_shift_tutorial_committed_summary_matches_committed_results():
-    from test_tutorials import TUTORIALS, _module, assert_same_numbers
-
-    out = TUTORIALS / "outputs" / SHIFT
-    assert (out / "results.csv").exists(), f"run `python tutorials/{SHIFT}.py` and commit its outputs"
-    assert_same_numbers((out / "summary.md").read_text(), _module(SHIFT).render_summary(out / "results.csv"))

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.linalg import solve_triangular
 
-__all__ = ["LazyDOptimal", "LazyFPS", "lazy_greedy", "use_lazy"]
+__all__ = ["LazyDOptimal", "LazyFPS", "lazy_fps", "lazy_greedy", "use_lazy"]
 
 
 def use_lazy(lazy, device) -> bool:
@@ -280,3 +280,55 @@ class LazyDOptimal:
     def log_det_information(self) -> float:
         """log det Λ = (d − m) log λ + log det(λI + AAᵀ), nats."""
         return float((self.X.shape[1] - self.m) * np.log(self.reg) + 2.0 * self.log_diag)
+
+
+def lazy_fps(X: np.ndarray, X_train: np.ndarray | None, k: int, start: int | None,
+             weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """FPS (or, with ``weights`` w, the score w·d of GGFPS with a constant exponent) by lazy greedy.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, d)
+    X_train : ndarray, shape (m, d) or None
+        Rows already selected (used when ``start`` is None).
+    k : int
+        Picks, the start included.
+    start : int or None
+        The first pick, taken whatever its score (no training set).
+    weights : ndarray, shape (n,), optional
+        Fixed non-negative per-row weights of the distance.
+
+    Returns
+    -------
+    picks : ndarray of int, shape (k,)
+    gains : ndarray, shape (k,)
+        Each pick's score w·d when picked (d = sign(d²)·√|d²|, the plain selectors' ordering); the
+        start's is ``inf``.
+    d2 : ndarray, shape (n,)
+        Final squared distance of every row to the training rows and picks (0 for picks).
+    n_rescored : int
+    """
+    norms = np.einsum("ij,ij->i", X, X)
+    if start is not None:  # the first pick, then every row's exact distance to it (one pass)
+        d2 = norms + norms[start] - 2.0 * (X @ X[start])
+        head, head_gain, k = [start], [np.inf], k - 1
+    else:
+        d2 = np.full(len(X), np.inf)
+        for a in range(0, len(X_train), 1024):  # chunked: an (n, 1024) block at a time
+            T = X_train[a : a + 1024]
+            np.minimum(d2, (norms[:, None] + np.einsum("ij,ij->i", T, T)[None, :] - 2.0 * (X @ T.T)).min(axis=1),
+                       out=d2)
+        head, head_gain = [], []
+    state = LazyFPS(X, d2, k, first=start)
+
+    def score(d2_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        d = np.sign(d2_rows) * np.sqrt(np.abs(d2_rows))
+        return d if weights is None else weights[rows] * d
+
+    bounds = score(state.d2, np.arange(len(X)))
+    if start is not None:
+        bounds[start] = -np.inf  # picked
+    picks, gains, rescored, since = lazy_greedy(bounds, lambda rows, s: score(state.rescore(rows, s), rows),
+                                                state.add, k, current=True)
+    return (np.concatenate([head, picks]).astype(np.int64), np.concatenate([head_gain, gains]),
+            state.finish(since), rescored)

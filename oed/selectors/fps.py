@@ -10,7 +10,7 @@ from oed._torch import CHUNK, as_tensor, resolve_device
 from oed.errors import InputError
 from oed.selectors._base import SelectorBase
 from oed.selectors._greedy import greedy_select
-from oed.selectors._lazy import LazyFPS, lazy_greedy, use_lazy
+from oed.selectors._lazy import lazy_fps, use_lazy
 
 
 def _squared_norms(X, chunk: int = CHUNK):
@@ -178,7 +178,8 @@ class FarthestPointSampling(SelectorBase):
         dev = resolve_device(self.device)
         start = self._start(len(X)) if X_train is None or len(X_train) == 0 else None
         if use_lazy(self.lazy, dev):
-            picks, gains, d2 = self._fit_lazy(np.asarray(X, dtype=float), X_train, k, start)
+            picks, dist, d2, self.n_rescored_ = lazy_fps(np.asarray(X, dtype=float), X_train, k, start)
+            gains = np.sign(dist) * dist**2  # back to squared distances, as the plain hooks give
         else:
             hooks = _FPSHooks(as_tensor(X, dev), None if start is not None else as_tensor(X_train, dev))
             picks, gains = greedy_select(hooks, k, first=start)
@@ -186,23 +187,3 @@ class FarthestPointSampling(SelectorBase):
         self._set_selection(picks, np.sqrt(np.clip(gains, 0.0, None)))
         self.hausdorff_ = np.sqrt(np.clip(d2, 0.0, None))
         return self
-
-    def _fit_lazy(self, X: np.ndarray, X_train, k: int, start: int | None):
-        """Lazy greedy (:mod:`oed.selectors._lazy`): the plain picks without an (n, d) pass per pick."""
-        import torch
-
-        norms = np.einsum("ij,ij->i", X, X)
-        if start is not None:  # the first pick, then every row's exact distance to it (one pass)
-            d2 = norms + norms[start] - 2.0 * (X @ X[start])
-            head, head_gain, k = [start], [np.inf], k - 1
-        else:
-            d2 = _min_squared_distance_to(torch.as_tensor(X), torch.as_tensor(norms),
-                                          torch.as_tensor(np.asarray(X_train, dtype=float))).numpy()
-            head, head_gain = [], []
-        state = LazyFPS(X, d2, k, first=start)
-        bounds = state.d2.copy()
-        if start is not None:
-            bounds[start] = -np.inf  # picked
-        picks, gains, self.n_rescored_, since = lazy_greedy(bounds, state.rescore, state.add, k, current=True)
-        return (np.concatenate([head, picks]).astype(np.int64), np.concatenate([head_gain, gains]),
-                state.finish(since))

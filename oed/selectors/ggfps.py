@@ -10,6 +10,7 @@ from oed._torch import as_tensor, resolve_device
 from oed.errors import InputError
 from oed.selectors._base import SelectorBase, check_force_norms
 from oed.selectors._greedy import greedy_select
+from oed.selectors._lazy import lazy_fps, use_lazy
 from oed.selectors.fps import _FPSHooks
 
 
@@ -98,6 +99,10 @@ class GGFPS(SelectorBase):
         Seed of the first pick's draw (used only without a training set).
     device : str, default "auto"
         Torch device; "auto" uses a GPU when present. Arithmetic is float64.
+    lazy : bool or "auto", default "auto"
+        With a constant β (no ``beta_end``), lazy greedy as in :class:`~oed.selectors.fps.FarthestPointSampling`:
+        the weights are fixed and distances only fall, so scores only fall; the same picks.
+        "auto": on the CPU. A β schedule always takes plain passes.
 
     Attributes
     ----------
@@ -143,12 +148,13 @@ class GGFPS(SelectorBase):
     gains_unit = "weighted feature distance"
 
     def __init__(self, n_to_select: int, *, beta: float = 1.0, beta_end: float | None = None,
-                 random_state=None, device: str = "auto") -> None:
+                 random_state=None, device: str = "auto", lazy="auto") -> None:
         self.n_to_select = n_to_select
         self.beta = beta
         self.beta_end = beta_end
         self.random_state = random_state
         self.device = device
+        self.lazy = lazy
 
     def _schedule(self, k: int) -> np.ndarray:
         b0 = _check_exponent(self.beta, "beta")
@@ -195,12 +201,18 @@ class GGFPS(SelectorBase):
             rng = np.random.default_rng(self.random_state)
             total = g.sum()
             start = int(rng.choice(len(X), p=g / total)) if total > 0 else int(rng.integers(len(X)))
-        hooks = _GGFPSHooks(as_tensor(X, dev), None if start is not None else as_tensor(X_train, dev),
-                            as_tensor(g, dev), betas.tolist())
-        picks, gains = greedy_select(hooks, k, first=start)
+        if len(set(betas.tolist())) <= 1 and use_lazy(self.lazy, dev):  # a constant β keeps scores falling
+            with np.errstate(divide="ignore"):
+                weights = g ** betas[0]
+            picks, gains, d2, self.n_rescored_ = lazy_fps(np.asarray(X, dtype=float), X_train, k, start, weights)
+        else:
+            hooks = _GGFPSHooks(as_tensor(X, dev), None if start is not None else as_tensor(X_train, dev),
+                                as_tensor(g, dev), betas.tolist())
+            picks, gains = greedy_select(hooks, k, first=start)
+            d2 = hooks.d2.cpu().numpy()
         if start is not None:
             gains[0] = np.inf  # 0 · inf is NaN for a zero-norm start; the start has no set to be far from
         self._set_selection(picks, np.clip(gains, 0.0, None))
-        self.hausdorff_ = np.sqrt(np.clip(hooks.d2.cpu().numpy(), 0.0, None))
+        self.hausdorff_ = np.sqrt(np.clip(d2, 0.0, None))
         self.betas_ = betas
         return self

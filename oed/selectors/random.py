@@ -7,6 +7,7 @@ import numpy as np
 from oed.information import DEFAULT_PRIOR_PRECISION
 from oed.selectors._base import SelectorBase
 from oed.selectors._greedy import check_reg, run_greedy
+from oed.selectors._lazy import LazyDOptimal
 from oed.selectors.d_optimal import log_det_gain
 
 
@@ -48,6 +49,16 @@ class RandomSelector(SelectorBase):
         X, X_train, k = self._validate(X, X_train, X_target, blocks=True)
         reg = check_reg(self.reg)
         order = np.random.default_rng(self.random_state).permutation(len(X))[:k]
-        _, gains, _, _ = run_greedy(X, X_train, k, reg=reg, score=log_det_gain, order=order)
+        m0 = 0 if X_train is None else len(X_train.rows)
+        if np.all(X.sizes == 1) and m0 + k <= X.n_features:
+            # only the picks' gains are needed: Woodbury over the picked rows, not a pass over the pool
+            # per pick (10⁵ × 2000 features, k = 1000: 0.2 s instead of 116 s)
+            state = LazyDOptimal(X.rows, reg, None if X_train is None else X_train.rows, k)
+            gains = np.empty(k)
+            for t, j in enumerate(order):
+                gains[t] = state.rescore(np.array([j]), np.array([0]))[0]
+                state.add(int(j))
+        else:
+            _, gains, _, _ = run_greedy(X, X_train, k, reg=reg, score=log_det_gain, order=order)
         self._set_selection(order, gains)
         return self
