@@ -26,11 +26,17 @@ from collections.abc import Callable
 import numpy as np
 from scipy.linalg import solve_triangular
 
-__all__ = ["LazyDOptimal", "LazyFPS", "lazy_fps", "lazy_greedy", "use_lazy"]
+__all__ = ["MAX_LAZY_FPS_PICKS", "LazyDOptimal", "LazyFPS", "lazy_fps", "lazy_greedy", "use_lazy"]
 
 
-def use_lazy(lazy, device) -> bool:
+#: Most picks lazy FPS makes: it keeps the (k, k) pick-to-pick distances (200 MB at 5000).
+MAX_LAZY_FPS_PICKS = 5000
+
+
+def use_lazy(lazy, device, n_picks: int = 0, max_picks: int | None = None) -> bool:
     """Whether a selector's ``lazy`` setting (True, False or "auto": on a CPU only) means lazy here.
+
+    With ``max_picks``, more than that many picks take the plain passes whatever the setting.
 
     Raises
     ------
@@ -40,10 +46,12 @@ def use_lazy(lazy, device) -> bool:
     from oed.errors import InputError
 
     if isinstance(lazy, str) and lazy == "auto":
-        return str(device).startswith("cpu")
-    if isinstance(lazy, (bool, np.bool_)):
-        return bool(lazy)
-    raise InputError(f"lazy must be True, False or 'auto', got {lazy!r}")
+        wanted = str(device).startswith("cpu")
+    elif isinstance(lazy, (bool, np.bool_)):
+        wanted = bool(lazy)
+    else:
+        raise InputError(f"lazy must be True, False or 'auto', got {lazy!r}")
+    return wanted and (max_picks is None or n_picks <= max_picks)
 
 
 def lazy_greedy(bounds: np.ndarray, rescore: Callable[[np.ndarray, np.ndarray], np.ndarray],

@@ -10,7 +10,7 @@ from oed._torch import CHUNK, as_tensor, resolve_device
 from oed.errors import InputError
 from oed.selectors._base import SelectorBase
 from oed.selectors._greedy import greedy_select
-from oed.selectors._lazy import lazy_fps, use_lazy
+from oed.selectors._lazy import MAX_LAZY_FPS_PICKS, lazy_fps, use_lazy
 
 
 def _squared_norms(X, chunk: int = CHUNK):
@@ -92,7 +92,9 @@ class FarthestPointSampling(SelectorBase):
         Lazy greedy (Minoux 1978; :mod:`oed.selectors._lazy`): a row's distance to the set only
         falls, so an old distance bounds the new one and only the row on top of a max-heap is
         updated until it is current — the same picks without a pass over the pool per pick.
-        "auto": lazy on the CPU (where a pass is memory-bound), plain passes on a GPU.
+        "auto": lazy on the CPU (where a pass is memory-bound), plain passes on a GPU. Beyond
+        :data:`~oed.selectors._lazy.MAX_LAZY_FPS_PICKS` picks (5000) always plain: lazy FPS keeps
+        the (k, k) pick-to-pick distances.
 
     Attributes
     ----------
@@ -177,7 +179,7 @@ class FarthestPointSampling(SelectorBase):
         X, X_train, k = self._validate(X, X_train, X_target)
         dev = resolve_device(self.device)
         start = self._start(len(X)) if X_train is None or len(X_train) == 0 else None
-        if use_lazy(self.lazy, dev):
+        if use_lazy(self.lazy, dev, k, MAX_LAZY_FPS_PICKS):
             picks, dist, d2, self.n_rescored_ = lazy_fps(np.asarray(X, dtype=float), X_train, k, start)
             gains = np.sign(dist) * dist**2  # back to squared distances, as the plain hooks give
         else:

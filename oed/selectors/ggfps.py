@@ -10,7 +10,7 @@ from oed._torch import as_tensor, resolve_device
 from oed.errors import InputError
 from oed.selectors._base import SelectorBase, check_force_norms
 from oed.selectors._greedy import greedy_select
-from oed.selectors._lazy import lazy_fps, use_lazy
+from oed.selectors._lazy import MAX_LAZY_FPS_PICKS, lazy_fps, use_lazy
 from oed.selectors.fps import _FPSHooks
 
 
@@ -201,7 +201,7 @@ class GGFPS(SelectorBase):
             rng = np.random.default_rng(self.random_state)
             total = g.sum()
             start = int(rng.choice(len(X), p=g / total)) if total > 0 else int(rng.integers(len(X)))
-        if len(set(betas.tolist())) <= 1 and use_lazy(self.lazy, dev):  # a constant β keeps scores falling
+        if len(set(betas.tolist())) <= 1 and use_lazy(self.lazy, dev, k, MAX_LAZY_FPS_PICKS):  # a constant β keeps scores falling
             with np.errstate(divide="ignore"):
                 weights = g ** betas[0]
             picks, gains, d2, self.n_rescored_ = lazy_fps(np.asarray(X, dtype=float), X_train, k, start, weights)
