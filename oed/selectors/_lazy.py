@@ -321,11 +321,12 @@ def lazy_fps(X: np.ndarray, X_train: np.ndarray | None, k: int, start: int | Non
         d2 = norms + norms[start] - 2.0 * (X @ X[start])
         head, head_gain, k = [start], [np.inf], k - 1
     else:
-        d2 = np.full(len(X), np.inf)
-        for a in range(0, len(X_train), 1024):  # chunked: an (n, 1024) block at a time
-            T = X_train[a : a + 1024]
-            np.minimum(d2, (norms[:, None] + np.einsum("ij,ij->i", T, T)[None, :] - 2.0 * (X @ T.T)).min(axis=1),
-                       out=d2)
+        import torch
+
+        from oed.selectors.fps import _min_squared_distance_to  # plain FPS's start state, chunked
+
+        d2 = _min_squared_distance_to(torch.as_tensor(X), torch.as_tensor(norms),
+                                      torch.as_tensor(np.asarray(X_train, dtype=float))).numpy()
         head, head_gain = [], []
     state = LazyFPS(X, d2, k, first=start)
 
