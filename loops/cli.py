@@ -194,6 +194,7 @@ def plan(
     e0s: Annotated[Optional[Path], typer.Option(help="With --proxy: DFT isolated-atom energies (extxyz) for the calibration fits.")] = None,
     dft_label_seconds: Annotated[float, typer.Option(help="With --proxy: seconds per DFT label, to state the forecast's cost.")] = 8.0,
     workers: Annotated[Optional[int], typer.Option(help="With --proxy: parallel fits and labels (default one per core).")] = None,
+    theory: Annotated[bool, typer.Option(help="With --proxy and a GAP: also the closed-form sparse-GP check (theory in --json).")] = True,
 ) -> None:
     """Forecast, before the DFT is run, what each strategy's labels will buy.
 
@@ -205,6 +206,10 @@ def plan(
     force MAE (meV/Å) per strategy and budget with 95 % bounds; --json gives
     budgets and strategies.<name>.force_mae / energy_mae (+ _lower/_upper), and
     with --target-error the budget to reach it and a feasibility verdict.
+    A theory check (GAP only, --no-theory to skip) fits the GAP's own sparse-GP
+    posterior in closed form, with marginal-likelihood hyperparameters and
+    leave-one-configuration-out errors: an independent DFT/proxy ratio on the
+    seed set and a random-picking curve, reported beside the forecast, never in it.
 
     Without --proxy: the label-free forecast — mean posterior predictive
     variance over the target (σ² units), effective dimension and, with --train
@@ -224,7 +229,7 @@ def plan(
         proxy_plan(pool, budgets=budget_list, strategies=[n.strip() for n in strategies.split(",") if n.strip()],
                    proxy=proxy, train=train, target=target, target_error=target_error, out=out, seeds=seeds,
                    model=model, e0s=e0s, dft_label_seconds=dft_label_seconds, workers=workers, as_json=as_json,
-                   plot=plot)
+                   plot=plot, theory=theory)
         return
     from oed.design import design_features, design_labels, train_energies
     from oed.errors import InputError

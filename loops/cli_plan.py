@@ -15,7 +15,7 @@ from oed.errors import InputError
 def proxy_plan(pool: Path, *, budgets: list[int], strategies: list[str], proxy: str, train: Path | None,
                target: Path | None, target_error: float | None, out: Path | None, seeds: int, model: str,
                e0s: Path | None, dft_label_seconds: float, workers: int | None, as_json: bool,
-               plot: Path | None) -> None:
+               plot: Path | None, theory: bool = True) -> None:
     """Run (or resume) the forecast and report it; see ``oed plan --help``."""
     from loops.plan import PlanConfig, plot_plan, run_plan
 
@@ -25,7 +25,8 @@ def proxy_plan(pool: Path, *, budgets: list[int], strategies: list[str], proxy: 
     err = Console(stderr=True)
     config = PlanConfig(pool=Path(pool), out=out, strategies=tuple(strategies), budgets=tuple(budgets), proxy=proxy,
                         target=target, design_target=target, train=train, e0s_file=e0s, n_seeds=seeds, model=model,
-                        target_error=target_error, dft_label_seconds=dft_label_seconds, workers=workers)
+                        target_error=target_error, dft_label_seconds=dft_label_seconds, workers=workers,
+                        theory=theory)
     payload = run_plan(config, log=lambda m: err.print(m, highlight=False), progress=not as_json)
     if plot is not None:
         plot_plan(payload, plot)
@@ -55,6 +56,16 @@ def proxy_plan(pool: Path, *, budgets: list[int], strategies: list[str], proxy: 
         console.print(f"target {target_error:g} meV/Å: {f['verdict']}"
                       + (f" — fewest labels with {f['best_strategy']} (≈{f['budget']:.0f} of {f['pool_size']})"
                          if f.get("best_strategy") else ""))
+    th = payload.get("theory", {})
+    if "seed_set" in th:
+        s = th["seed_set"]
+        console.print(f"theory check (sparse-GP, leave-one-configuration-out on the {s['n']} seed configurations): "
+                      f"DFT/proxy force-MAE ratio {s['force_mae_ratio']:.2f} against the calibration's "
+                      f"{s['cv_force_mae_ratio']:.2f}")
+    if th.get("random", {}).get("budgets"):
+        r = th["random"]
+        console.print("theory check, random picks (sparse-GP, no 2-body term): force MAE "
+                      + ", ".join(f"k={k} {v:.1f}" for k, v in zip(r["budgets"], r["force_mae"])) + " meV/Å")
     c = payload["cost"]
     console.print(f"cost: {c['total_seconds']:.0f} s ({100 * c['fraction_of_dft']:.1f} % of the DFT labels of "
                   f"k = {max(payload['budgets'])} at {c['dft_label_seconds']:g} s each); results in {out}/plan.json")

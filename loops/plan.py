@@ -92,6 +92,9 @@ class PlanConfig:
         one ethanol on 2 cores, docs/design.md §6).
     workers : int or None
         Parallel fits and labels (default: one per core).
+    theory : bool
+        Add the closed-form sparse-GP check (:mod:`loops.plan_theory`; GAP only): ``theory`` in
+        the result, never mixed into the forecast curves.
     """
 
     pool: Path
@@ -112,6 +115,7 @@ class PlanConfig:
     folds: int = 5
     dft_label_seconds: float = 8.0
     workers: int | None = None
+    theory: bool = True
 
     def validate(self) -> None:
         """Raises InputError on settings that cannot work (before any label)."""
@@ -498,12 +502,16 @@ def run_plan(config: PlanConfig, *, log: Log = print, progress: bool = True) -> 
             calibration, ratios = _calibrate(train, seed_px, proxy_e0s, config, out, log)
         budgets = sorted(int(b) for b in config.budgets)
         strategies = forecast_curves(proxy, budgets, ratios, config.target_error, len(pool) - n_failed)
+        from loops.plan_theory import cached_check
+
+        theory = cached_check(config, train, labelled.get("seed set", []), pool_px, budgets, ratios, out, log)
         sim_seconds = _simulated_seconds(out / "simulated")
         cal_seconds = float(calibration.get("seconds", 0.0))
         # the labeller's per-label seconds leave out process start-up and parallel overhead: the
         # total charges the wall time of the first (uncached) labelling when it is the larger
         label_seconds = max(label_cost.seconds, wall.seconds())
-        total = label_seconds + sim_seconds + cal_seconds
+        theory_seconds = float(theory.get("seconds", 0.0)) if theory else 0.0
+        total = label_seconds + sim_seconds + cal_seconds + theory_seconds
         planned = max(budgets) * config.dft_label_seconds
         payload = {
             "pool": str(config.pool), "target": str(config.target) if config.target else None,
@@ -515,11 +523,14 @@ def run_plan(config: PlanConfig, *, log: Log = print, progress: bool = True) -> 
             "cost": {"proxy_labels": label_cost.n_labels, "proxy_label_seconds": round(label_cost.seconds, 2),
                      "proxy_label_wall_seconds": round(wall.seconds(), 2), "proxy_labels_failed": n_failed,
                      "simulated_fit_seconds": round(sim_seconds, 2), "calibration_seconds": round(cal_seconds, 2),
+                     "theory_seconds": round(theory_seconds, 2),
                      "total_seconds": round(total, 2), "dft_label_seconds": config.dft_label_seconds,
                      "dft_seconds_planned": planned, "fraction_of_dft": round(total / planned, 4),
                      "label_fraction_of_dft": round(label_seconds / planned, 4)},
             "wall_seconds": round(time.perf_counter() - t_start, 2),
         }
+        if theory:
+            payload["theory"] = theory
         if config.target_error is not None:
             payload["target_error"] = config.target_error
             payload["feasibility"] = feasibility(strategies, config.target_error, len(pool) - n_failed)

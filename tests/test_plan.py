@@ -87,6 +87,14 @@ def test_cli_plan_with_proxy_prints_the_json_shape_and_a_rerun_recomputes_nothin
     assert cost["proxy_labels"] == 40 + 6 + 6 and cost["proxy_labels_failed"] == 1 and cost["fraction_of_dft"] > 0
     assert cost["proxy_label_wall_seconds"] > 0  # the wall time is charged where it exceeds the per-label sum
     assert (tmp_path / "forecast.png").stat().st_size > 0
+    theory = payload["theory"]  # the closed-form sparse-GP check, beside the forecast
+    assert theory["source"].startswith("sparse-GP posterior") and cost["theory_seconds"] > 0
+    assert theory["seed_set"]["n"] == 6
+    for level in ("dft", "proxy"):
+        assert theory["seed_set"][level]["force_mae"] > 0 and theory["seed_set"][level]["noise_scale"] > 0
+    assert theory["seed_set"]["cv_force_mae_ratio"] == pytest.approx(payload["calibration"]["force_mae_ratio"]["ratio"])
+    assert theory["random"]["budgets"] == [4, 8] and all(v > 0 for v in theory["random"]["force_mae"])
+    theory_stamp = (tmp_path / "plan" / "theory.json").stat().st_mtime_ns
     # The DFT labels of the pool never reach the simulation: its pool holds the proxy's level only.
     # The configuration the proxy could not label keeps its place (index 5), marked, so that the
     # simulated candidate draws are the DFT run's.
@@ -100,6 +108,7 @@ def test_cli_plan_with_proxy_prints_the_json_shape_and_a_rerun_recomputes_nothin
     assert json.loads(again.stdout.strip().splitlines()[-1])["strategies"] == payload["strategies"]
     assert [p.stat().st_mtime_ns for p in cells] == stamps  # nothing refitted
     assert "labelling with GFN2-xTB" not in again.stderr  # nothing relabelled
+    assert (tmp_path / "plan" / "theory.json").stat().st_mtime_ns == theory_stamp  # nor the theory check
     assert json.loads(again.stdout.strip().splitlines()[-1])["cost"]["proxy_label_wall_seconds"] == pytest.approx(
         cost["proxy_label_wall_seconds"])  # the cached rerun keeps the first run's labelling time
 
