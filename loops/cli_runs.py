@@ -141,6 +141,7 @@ def loop_run(
     explore: Annotated[Optional[str], typer.Option(help="md: each round runs MD with the current model and picks from the frames it finds.")] = None,
     temperatures: Annotated[str, typer.Option(help="Exploration MD temperatures, K (comma-separated).")] = "300,600",
     md_steps: Annotated[int, typer.Option(help="Steps per exploration trajectory.")] = 400,
+    max_md_steps: Annotated[Optional[int], typer.Option(help="A round that finds nothing above --trust-lo is explored again with twice the steps, up to this many, before the run counts as converged; later rounds keep the longer runs (default: no escalation).")] = None,
     timestep: Annotated[float, typer.Option(help="MD time step, fs.")] = 0.5,
     starts: Annotated[int, typer.Option(help="Trajectories per temperature and round.")] = 4,
     uncertainty: Annotated[str, typer.Option(help="Per-frame uncertainty: gamma (extrapolation grade), gap-variance (√ mean local GAP variance, eV/atom), committee (force deviation max over atoms, eV/Å; needs --committee).")] = "gamma",
@@ -165,7 +166,8 @@ def loop_run(
     --trust-lo and --trust-hi are candidates, a trajectory stops at --trust-hi or on a
     physical failure (broken bond, fragments, atoms colliding, energy blow-up), and
     --strategy picks at most --batch of the candidates. A round whose MD finds no frame
-    above --trust-lo is converged and ends the run (DIR/stop.json says why it stopped).
+    above --trust-lo is converged and ends the run (DIR/stop.json says why it stopped);
+    with --max-md-steps it is first explored again with trajectories twice as long, up to that.
     """
     from loops.explore import ExploreSettings
     from loops.loop import LoopConfig
@@ -179,15 +181,16 @@ def loop_run(
         given = {k: v for k, v in locals().items() if k in _LOOP_RUN_OPTIONS}
         merged = merge_options(ctx, given, options, Path(config_file).resolve().parent)
         (test, out_dir, pool, init, batch, rounds, strategy, init_strategy, method, oracle, model, seed, workers, e0s,
-         test_limit, scheduler, init_from, explore, temperatures, md_steps, timestep, starts, uncertainty, trust_lo,
-         trust_hi, max_labels, committee, md_stability, ttt, radius_refinement) = (merged[k] for k in _LOOP_RUN_OPTIONS)
+         test_limit, scheduler, init_from, explore, temperatures, md_steps, max_md_steps, timestep, starts, uncertainty,
+         trust_lo, trust_hi, max_labels, committee, md_stability, ttt, radius_refinement) = (
+            merged[k] for k in _LOOP_RUN_OPTIONS)
     if not test or out_dir is None:
         raise InputError("give --test and --out (on the command line or in --config)")
     if cluster is not None and scheduler is not None:
         raise InputError("give either --scheduler or a [cluster] table, not both")
     model, refinements = _refinements(model, ttt, radius_refinement)
     exploration = ExploreSettings(temperatures=_csv_list(temperatures, "--temperatures", float), md_steps=md_steps,
-                                  timestep_fs=timestep, starts=starts, uncertainty=uncertainty,
+                                  max_md_steps=max_md_steps, timestep_fs=timestep, starts=starts, uncertainty=uncertainty,
                                   trust_lo=trust_lo, trust_hi=trust_hi)
     config = LoopConfig(pool=pool, tests=tuple(test), out=out_dir, n_init=init, batch_size=batch,
                         n_rounds=rounds, strategy=strategy, init_strategy=init_strategy, method=method,
@@ -200,7 +203,7 @@ def loop_run(
 
 _LOOP_RUN_OPTIONS = ("test", "out_dir", "pool", "init", "batch", "rounds", "strategy", "init_strategy", "method",
                      "oracle", "model", "seed", "workers", "e0s", "test_limit", "scheduler", "init_from", "explore",
-                     "temperatures", "md_steps", "timestep", "starts", "uncertainty", "trust_lo", "trust_hi",
+                     "temperatures", "md_steps", "max_md_steps", "timestep", "starts", "uncertainty", "trust_lo", "trust_hi",
                      "max_labels", "committee", "md_stability", "ttt", "radius_refinement")
 
 

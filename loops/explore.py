@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,12 @@ class ExploreSettings:
     md_steps : int
         Steps per trajectory; ``timestep_fs`` the time step, fs; ``friction`` the Langevin
         friction, 1/fs.
+    max_md_steps : int or None
+        Longer exploration before convergence is declared: a round whose MD finds nothing
+        (no frame at ``trust_lo``, no trajectory stopped) is explored again with twice the steps,
+        up to this many, and later rounds keep the longer trajectories — DP-GEN's stages of
+        growing length, where a model that is converged on short runs is tried on longer ones
+        (Zhang et al., Comput. Phys. Commun. 253, 107206, 2020). ``None``: no escalation.
     starts : int
         Trajectories per temperature, each from a random labelled or seed geometry.
     sample_every : int
@@ -96,6 +102,7 @@ class ExploreSettings:
 
     temperatures: tuple[float, ...] = (300.0, 600.0)
     md_steps: int = 400
+    max_md_steps: int | None = None
     timestep_fs: float = 0.5
     friction: float = 0.01
     starts: int = 4
@@ -121,6 +128,8 @@ class ExploreSettings:
         for name in ("md_steps", "starts", "sample_every", "max_candidates"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_md_steps is not None and int(self.max_md_steps) < int(self.md_steps):
+            raise InputError(f"max_md_steps ({self.max_md_steps}) must be >= md_steps ({self.md_steps})")
         if not (0 < self.timestep_fs <= 5):
             raise InputError(f"timestep_fs must be in (0, 5] fs, got {self.timestep_fs}")
         if self.friction <= 0:
@@ -130,7 +139,10 @@ class ExploreSettings:
             raise InputError(f"trust levels must satisfy 0 <= trust_lo < trust_hi, got {lo}, {hi}")
 
     def fingerprint(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["max_md_steps"] is None:  # runs from before escalation existed keep their fingerprint
+            del out["max_md_steps"]
+        return out
 
 
 # ------------------------------------------------------------------ physical checks
@@ -435,8 +447,23 @@ class ExploreSource:
         if r in self.offsets:
             a, b = self.offsets[r]
             return np.arange(a, b), self.record(r)
-        cand, record = explore(model, starts, self.settings, labelled, seed=seed, executor=self.executor,
-                               start_ids=start_ids)
+        previous = self.record(r - 1) if r > 1 else None
+        steps = int(previous["md_steps"]) if previous else int(self.settings.md_steps)
+        cap = self.settings.max_md_steps
+        tried, seconds = [], 0.0
+        while True:
+            settings = replace(self.settings, md_steps=steps)
+            cand, record = explore(model, starts, settings, labelled, seed=seed, executor=self.executor,
+                                   start_ids=start_ids)
+            seconds += record["seconds"]
+            if not record["converged"] or cap is None or steps >= int(cap):
+                break
+            tried.append({"md_steps": steps, "n_frames": record["n_frames"], "seconds": record["seconds"]})
+            self.log(f"round {r}: nothing above trust_lo in {steps} steps; exploring again with {min(2 * steps, cap)}")
+            steps = min(2 * steps, int(cap))
+        record["seconds"] = round(seconds, 2)
+        if tried:
+            record["escalated"] = tried  # the shorter explorations that found nothing
         for f in cand:
             f.info["explore_round"] = r
             f.info["config_type"] = f"explore_round{r}"

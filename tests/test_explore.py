@@ -128,6 +128,31 @@ def test_explored_rounds_are_reread_in_order(gap, train, tmp_path):
     assert source3.offsets == {}
 
 
+def test_a_converged_round_is_explored_again_with_longer_trajectories(gap, train, tmp_path):
+    pool = [bare(a, i) for i, a in enumerate(train[:2])]
+    book = LabelBook(XTBOracle(), None, pool)
+    # nothing reaches trust_lo: every exploration is converged, so 10 steps → 20 → 40 (the cap)
+    settings = ExploreSettings(temperatures=(300.0,), md_steps=10, max_md_steps=40, sample_every=5, starts=1,
+                               trust_lo=1e8, trust_hi=1e9)
+    source = ExploreSource(tmp_path, settings, book, Features(list(pool)))
+    idx, rec = source.candidates(1, gap, pool, [0, 1], train, seed=0)
+    assert len(idx) == 0 and rec["converged"] and rec["md_steps"] == 40
+    assert [e["md_steps"] for e in rec["escalated"]] == [10, 20]
+    assert rec["trajectories"][0]["steps"] == 40
+    # the next round starts at the longer length and has nothing left to escalate
+    _, rec2 = source.candidates(2, gap, pool, [0, 1], train, seed=1)
+    assert rec2["md_steps"] == 40 and "escalated" not in rec2
+    # without a cap a converged round is final, as before
+    plain = ExploreSource(tmp_path / "plain", ExploreSettings(temperatures=(300.0,), md_steps=10, sample_every=5,
+                                                              starts=1, trust_lo=1e8, trust_hi=1e9),
+                          LabelBook(XTBOracle(), None, list(pool)), Features(list(pool)))
+    _, rec3 = plain.candidates(1, gap, pool, [0, 1], train, seed=0)
+    assert rec3["md_steps"] == 10 and "escalated" not in rec3
+    with pytest.raises(InputError, match="max_md_steps"):
+        ExploreSettings(md_steps=100, max_md_steps=50).validate()
+    assert "max_md_steps" not in ExploreSettings().fingerprint()  # old run directories keep their fingerprint
+
+
 @pytest.mark.integration
 def test_exploring_loop_with_xtb_resumes_without_relabelling(tmp_path):
     """The CLI path: seeds → MD with the GAP → xTB labels; a rerun labels nothing and changes nothing."""
