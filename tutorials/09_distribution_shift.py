@@ -189,7 +189,6 @@ SMOKE_SOAP = {"n_max": 3, "l_max": 2}
 def part_b_system(system: str, train, tests: dict, e0s: dict, gap, work: Path, seed: int,
                   soap: dict | None = None) -> list[dict]:
     """Fit one GAP, score each configuration, compute its diagnostics against the GAP's training set."""
-    import numpy as np
 
     from loops.models import make_model
     from oed.descriptors import SOAPDescriptor
