@@ -62,7 +62,7 @@ def sparse_gp_estimate(frames: Sequence[Atoms], spec) -> dict:
     from oed.design import design_features, design_labels
     from oed.errors import InputError
     from oed.forecast import calibrate
-    from oed.risk import grouped_loo_residuals, row_kare
+    from oed.risk import grouped_loo_residuals, hat_spectrum, row_kare
 
     if len(frames) < 3:
         raise InputError(f"the sparse-GP estimate needs at least 3 labelled configurations, got {len(frames)}")
@@ -74,10 +74,11 @@ def sparse_gp_estimate(frames: Sequence[Atoms], spec) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # too few rows for the features is reported in the result
         cal = calibrate(rows, y)
-    loo = grouped_loo_residuals(rows, y, cal.reg, offsets)
+    spectrum = hat_spectrum(rows, cal.reg)  # one SVD for both estimates
+    loo = grouped_loo_residuals(rows, y, cal.reg, offsets, spectrum=spectrum)
     energy = np.zeros(len(y), dtype=bool)
     energy[offsets[:-1]] = True  # each block: its energy row, then 3N force rows
-    kare_terms = row_kare(rows, y, cal.reg)
+    kare_terms = row_kare(rows, y, cal.reg, spectrum=spectrum)
     return {
         "force_mae": float(np.mean(np.abs(loo[~energy])) * spec.sigma_force * 1000),
         "energy_mae": float(np.mean(np.abs(loo[energy])) * spec.sigma_energy * 1000),

@@ -90,21 +90,23 @@ def kare(rows: np.ndarray, targets: np.ndarray, reg: float) -> float:
     return float(np.mean(row_kare(rows, targets, reg)))
 
 
-def row_kare(rows: np.ndarray, targets: np.ndarray, reg: float) -> np.ndarray:
+def row_kare(rows: np.ndarray, targets: np.ndarray, reg: float, *, spectrum=None) -> np.ndarray:
     """Per-row terms of :func:`kare`: residual² / ((1/n) tr(I − H))², shape (n,).
 
     Their mean over any subset of rows (e.g. the force rows) is that subset's share of the KARE
-    estimate, with the effective degrees of freedom of the whole fit.
+    estimate, with the effective degrees of freedom of the whole fit. ``spectrum``: the
+    :func:`hat_spectrum` of the same rows and ridge, to reuse one SVD.
     """
     R, y = _check(rows, targets, reg)
-    U, w = hat_spectrum(R, reg)
+    U, w = hat_spectrum(R, reg) if spectrum is None else spectrum
     free = 1.0 - float(np.sum(w)) / len(y)
     if free <= 1e-12:
         return np.full(len(y), np.inf)
     return _residuals(U, w, y) ** 2 / free**2
 
 
-def grouped_loo_residuals(rows: np.ndarray, targets: np.ndarray, reg: float, offsets: Sequence[int]) -> np.ndarray:
+def grouped_loo_residuals(rows: np.ndarray, targets: np.ndarray, reg: float, offsets: Sequence[int], *,
+                          spectrum=None) -> np.ndarray:
     """Exact leave-one-group-out residuals y_g − ŷ_{−g}(g) of the ridge fit, shape (n,).
 
     Parameters
@@ -115,6 +117,8 @@ def grouped_loo_residuals(rows: np.ndarray, targets: np.ndarray, reg: float, off
         Ridge λ > 0.
     offsets : sequence of int, length G + 1
         Group g is rows ``offsets[g]:offsets[g+1]`` (as :class:`oed.information.DesignBlocks`).
+    spectrum : (U, w) or None
+        The :func:`hat_spectrum` of the same rows and ridge, to reuse one SVD.
 
     Raises
     ------
@@ -125,7 +129,7 @@ def grouped_loo_residuals(rows: np.ndarray, targets: np.ndarray, reg: float, off
     off = np.asarray(offsets, dtype=int)
     if off.ndim != 1 or len(off) < 3 or off[0] != 0 or off[-1] != len(y) or np.any(np.diff(off) < 1):
         raise InputError(f"offsets must run from 0 to {len(y)} in increasing steps over >= 2 groups")
-    U, w = hat_spectrum(R, reg)
+    U, w = hat_spectrum(R, reg) if spectrum is None else spectrum
     res = _residuals(U, w, y)
     out = np.empty_like(res)
     for a, b in zip(off[:-1], off[1:]):

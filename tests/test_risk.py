@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from oed.errors import InputError
-from oed.risk import grouped_loo_residuals, kare, row_kare
+from oed.risk import grouped_loo_residuals, hat_spectrum, kare, row_kare
 
 
 def _ridge(R, y, lam):
@@ -59,6 +59,10 @@ def test_grouped_loo_equals_refitting_without_each_group():
         keep = np.r_[0:a, b:len(y)]
         alpha = _ridge(R[keep], y[keep], 0.4)
         np.testing.assert_allclose(got[a:b], y[a:b] - R[a:b] @ alpha, rtol=1e-8, atol=1e-10)
+    # a precomputed spectrum gives the same answers
+    spectrum = hat_spectrum(R, 0.4)
+    np.testing.assert_allclose(grouped_loo_residuals(R, y, 0.4, offsets, spectrum=spectrum), got)
+    np.testing.assert_allclose(row_kare(R, y, 0.4, spectrum=spectrum), row_kare(R, y, 0.4))
 
 
 def test_bad_input_is_refused_with_a_reason():
