@@ -152,6 +152,7 @@ def loop_run(
     md_stability: Annotated[int, typer.Option(help="After each exploring round, MD steps at 300 K from test geometries to measure stability (0: off).")] = 0,
     ttt: Annotated[bool, typer.Option("--ttt", help="Also score every model after test-time training on a GFN2-xTB prior (Kreiman & Krishnapriyan, arXiv:2503.08674): the model is the two-head MACE mace-ttt (DFT and GFN2-xTB heads on one representation; --model mace is switched to it), which takes 10 Adam steps on its xTB head's loss per batch of 8 test configurations and predicts with its DFT head. No DFT label of a test configuration is used; results get a refinement column (none, ttt).")] = False,
     radius_refinement: Annotated[bool, typer.Option("--radius-refinement", help="Also score every MACE with radius refinement: per test configuration the graph radius among 1.0, 0.9, …, 0.6 × r_max whose normalised-Laplacian spectrum is nearest a training graph (no label used).")] = False,
+    db: Annotated[Optional[str], typer.Option(help="Keep the labels on a PostgreSQL server instead of DIR/labels.db: postgresql://user@host:port/dbname (password from PGPASSWORD or ~/.pgpass, never written to disk; needs pip install 'oed[postgres]'). A resumed run must name the same --db.")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file of options (keys: option names, e.g. init-from, md-steps); options given on the command line win. A [cluster] table labels on Slurm/PBS/SGE through dask-jobqueue.")] = None,
 ) -> None:
     """Run or resume an active-learning loop: select → label → fit → score, round after round.
@@ -182,7 +183,7 @@ def loop_run(
         merged = merge_options(ctx, given, options, Path(config_file).resolve().parent)
         (test, out_dir, pool, init, batch, rounds, strategy, init_strategy, method, oracle, model, seed, workers, e0s,
          test_limit, scheduler, init_from, explore, temperatures, md_steps, max_md_steps, timestep, starts, uncertainty,
-         trust_lo, trust_hi, max_labels, committee, md_stability, ttt, radius_refinement) = (
+         trust_lo, trust_hi, max_labels, committee, md_stability, ttt, radius_refinement, db) = (
             merged[k] for k in _LOOP_RUN_OPTIONS)
     if not test or out_dir is None:
         raise InputError("give --test and --out (on the command line or in --config)")
@@ -197,14 +198,14 @@ def loop_run(
                         oracle=oracle, model=model, seed=seed, workers=_parse_workers(workers), e0s_file=e0s,
                         test_limit=test_limit, init_from=init_from, explore=explore, exploration=exploration,
                         max_labels=max_labels, md_stability_steps=md_stability, committee=committee,
-                        refinements=refinements)
+                        refinements=refinements, db=db)
     _run_loop(config, scheduler, cluster)
 
 
 _LOOP_RUN_OPTIONS = ("test", "out_dir", "pool", "init", "batch", "rounds", "strategy", "init_strategy", "method",
                      "oracle", "model", "seed", "workers", "e0s", "test_limit", "scheduler", "init_from", "explore",
                      "temperatures", "md_steps", "max_md_steps", "timestep", "starts", "uncertainty", "trust_lo", "trust_hi",
-                     "max_labels", "committee", "md_stability", "ttt", "radius_refinement")
+                     "max_labels", "committee", "md_stability", "ttt", "radius_refinement", "db")
 
 
 def _refinements(model: str, ttt: bool, radius: bool) -> tuple[str, tuple[str, ...]]:

@@ -8,7 +8,8 @@ so running the same command again resumes, and adding rounds extends:
 
 - ``config.json``   the settings that fix the picks; a rerun with others is refused
 - ``selections/<strategy>/seed<s>.json``   the picks, written *before* labelling starts (claim)
-- ``labels.db``     ase.db (SQLite), one committed row per label or failure
+- ``labels.db``     ase.db (SQLite), one committed row per label or failure; with ``db``
+  (a PostgreSQL URL) the rows go to that server instead and ``store.json`` names it
 - ``cheap_labels.db``  cheap-oracle labels (GFN2-xTB) of strategies that read one (``lfab``, ``ggfps``):
   apart from ``labels.db``, never trained on; ``selections/<strategy>/seed<s>.cheap.json`` their record.
   The strategy labels what it reads, in this process, in the round that first reads it (one
@@ -37,6 +38,7 @@ from loops.models import model_class
 from loops.oracles import LabelBook, ReplayOracle, bare, make_oracle, parse_oracle, resolve_e0s
 from loops.parallel import Executor
 from loops.rundir import check_run_dir, check_settings, run_lock
+from loops.store import is_server_url
 from loops.settings import fingerprint_fields
 from loops.strategies import (
     Features,
@@ -127,6 +129,10 @@ class LoopConfig:
     refinements : tuple of str
         Test-time refinements each round's model is also scored with (``"radius"``, ``"ttt"``;
         :mod:`loops.refine`): ``results.json`` gains ``refined`` errors per round.
+    db : str, optional
+        A database server URL (``postgresql://user@host:port/dbname``) for the labels instead
+        of ``out/labels.db``; the password comes from ``PGPASSWORD`` or ``~/.pgpass``
+        (:mod:`loops.store`). Not part of the fingerprint: a resumed run must name the same store.
     """
 
     pool: Path | None
@@ -156,6 +162,7 @@ class LoopConfig:
     md_stability_steps: int = 0
     committee: int = 0
     refinements: tuple[str, ...] = ()
+    db: str | None = None
 
     def validate(self) -> None:
         """Check the settings before any work.
@@ -217,6 +224,8 @@ class LoopConfig:
             raise InputError("test-time refinements score one model: drop --committee, or --ttt/--radius-refinement")
         self.settings().validate()
         self.features.validate()
+        if self.db is not None and not is_server_url(self.db):
+            raise InputError(f"--db takes a database server URL (postgresql://user@host:port/dbname), not {self.db!r}")
 
     def fingerprint(self, pool_digest: str) -> dict:
         """The settings that fix picks and labels: a resumed run must match them."""
@@ -355,7 +364,7 @@ def _run(config, out, frames, allowed, species, oracle, tests, log, progress) ->
     e0s = resolve_e0s(oracle, species, e0s_file=config.e0s_file, cache=out / "e0s.json", log=log)
     # the settings are recorded only once everything that can fail before the run has passed
     check_settings(out, config.fingerprint(pool_hash(frames)))
-    book = LabelBook(oracle, None if replay else out / "labels.db", pool)
+    book = LabelBook.for_run(oracle, out, pool, config.db)
 
     features = Features(pool, cache_dir=out / "cache", progress=progress)
     spec, init_spec = config.spec(), config.init_spec()

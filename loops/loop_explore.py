@@ -46,7 +46,7 @@ def run_exploring(config, out: Path, frames, n_seeds: int, allowed, species, ora
     replay = isinstance(oracle, ReplayOracle)
     e0s = resolve_e0s(oracle, species, e0s_file=config.e0s_file, cache=out / "e0s.json", log=log)
     check_settings(out, config.fingerprint(pool_hash(frames)))
-    book = LabelBook(oracle, None if replay else out / "labels.db", pool)
+    book = LabelBook.for_run(oracle, out, pool, config.db)
     features = Features(pool, cache_dir=out / "cache", progress=progress)
     executor = Executor(workers=config.workers, client=client, progress=progress)
     source = ExploreSource(out, config.exploration, book, features, executor=executor, log=log)

@@ -409,10 +409,13 @@ class LabelBook:
     Parameters
     ----------
     oracle : Oracle
-    store_path : Path or None
-        The ase.db file; ``None`` keeps labels in memory (the replay oracle: nothing to save).
+    store_path : Path, str or None
+        The ase.db file or database server URL (:func:`loops.store.run_store`); ``None`` keeps
+        labels in memory (the replay oracle: nothing to save).
     frames : sequence of ase.Atoms
         Bare configurations addressed by index (a pool, or candidates found so far).
+    run : str, optional
+        The run id of a store shared by runs (:class:`~loops.store.LabelStore`).
 
     Notes
     -----
@@ -420,16 +423,37 @@ class LabelBook:
     (structure hash as key), so a killed run resumes without relabelling.
     """
 
-    def __init__(self, oracle: Oracle, store_path: Path | None, frames: Sequence[Atoms]) -> None:
+    def __init__(self, oracle: Oracle, store_path: Path | str | None, frames: Sequence[Atoms], *,
+                 run: str | None = None) -> None:
         from loops.store import LabelStore
 
         self.oracle = oracle
         self.frames = list(frames)
         self._keys = [structure_hash(a) for a in self.frames]
-        self._store = None if store_path is None else LabelStore(store_path, oracle.name)
+        self._store = None if store_path is None else LabelStore(store_path, oracle.name, run=run)
         self._memory: dict[int, Atoms | None] = {}
         #: called after each committed label (the kill test stops the run there, see below).
         self.after_commit = _kill_after_commits()
+
+    @classmethod
+    def for_run(cls, oracle: Oracle, out: Path, frames: Sequence[Atoms], db: str | None = None) -> LabelBook:
+        """The book of the run in ``out``: its ``labels.db``, the server ``db`` names, or memory (replay).
+
+        Raises
+        ------
+        InputError
+            ``db`` with the replay oracle (its labels are the pool's: nothing to store).
+        RunMismatchError
+            ``out`` keeps its labels in another store (:func:`loops.store.run_store`).
+        """
+        from loops.store import run_store
+
+        if isinstance(oracle, ReplayOracle):
+            if db is not None:
+                raise InputError("--oracle pool replays the pool's own labels: there is nothing to store with --db")
+            return cls(oracle, None, frames)
+        where, run = run_store(out, db)
+        return cls(oracle, where, frames, run=run)
 
     def extend(self, frames: Sequence[Atoms]) -> None:
         """Append candidates (explored frames): they are addressed by the next indices."""

@@ -215,7 +215,7 @@ def render_report(view: RunView, path: str | os.PathLike) -> Path:
                          + str(lab.error or "").replace("|", "\\|").replace("\n", " ") + " |" for lab in failed],
                         ["round", "pool index", "structure hash", "reason"])
     else:
-        md += ["None." if view.labels_from == "labels.db" else
+        md += ["None." if view.stored else
                f"Not recorded ({view.labels_from}: a replayed pool keeps only counts, see the rounds table)."]
     md += ["", "## Is the model converged?", "", *_convergence(view)]
     from loops.refine import report_section

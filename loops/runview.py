@@ -23,15 +23,16 @@ from pathlib import Path
 from ase import Atoms
 
 from loops.phases import PHASES, read_phases
+from loops.store import read_store_record
 from oed.errors import InputError
 from oed.io import REF_ENERGY, REF_FORCES, read_structures, structure_hash
 
 __all__ = ["Label", "RunView", "open_run", "round_rows", "export_labels", "headline_errors", "run_pid"]
 
 #: Files or folders of which at least one marks a directory as a loop's run directory.
-RUN_MARKERS = ("config.json", "labels.db", "phases.jsonl", "results.json", "cells", "selections", "labelled.xyz")
+RUN_MARKERS = ("config.json", "labels.db", "store.json", "phases.jsonl", "results.json", "cells", "selections", "labelled.xyz")
 #: ase.db key-value pairs of :class:`loops.store.LabelStore` that are columns, not label info.
-_STORE_KEYS = {"key", "pool_index", "round", "ok", "seconds", "level_of_theory", "error"}
+_STORE_KEYS = {"key", "pool_index", "round", "ok", "seconds", "level_of_theory", "error", "run"}
 
 
 @dataclass
@@ -64,7 +65,12 @@ class RunView:
     selection: dict               # selections/<strategy>/seed<s>.json: "selected", "rounds"
     stop: dict | None
     pid: int | None               # the live process running in it, if any
-    labels_from: str              # "labels.db", "labelled.xyz" or "none"
+    labels_from: str              # "labels.db", the server URL and run id, "labelled.xyz" or "none"
+
+    @property
+    def stored(self) -> bool:
+        """True when the labels come from a store (labels.db or a server): failures and seconds included."""
+        return self.labels_from not in ("labelled.xyz", "none")
 
     def rounds(self) -> list[int]:
         """Every round anything was recorded for, in order."""
@@ -116,11 +122,11 @@ def run_pid(out: Path) -> int | None:
     return None
 
 
-def _read_store(path: Path) -> list[Label]:
-    from ase.db import connect
+def _read_store(path: Path | str, run: str | None = None) -> list[Label]:
+    from loops.store import connect_store
 
     labels = []
-    for row in connect(str(path), type="db").select():
+    for row in connect_store(path).select(**({} if run is None else {"run": run})):
         kv = dict(row.key_value_pairs)
         atoms = row.toatoms()
         atoms.calc = None
@@ -196,7 +202,10 @@ def open_run(out: str | os.PathLike) -> RunView:
         rec = _json(path, None)
         if isinstance(rec, dict):
             explore[int(rec.get("round", path.stem[5:]))] = rec
-    if (out / "labels.db").exists():
+    record = read_store_record(out)
+    if record is not None:  # a run on a database server (loops.store); the password comes from libpq
+        labels, source = _read_store(record["db"], record["run"]), f"{record['db']} (run {record['run'][:8]})"
+    elif (out / "labels.db").exists():
         labels, source = _read_store(out / "labels.db"), "labels.db"
     elif (out / "labelled.xyz").exists():
         labels, source = _read_labelled_xyz(out / "labelled.xyz", selection), "labelled.xyz"
@@ -275,7 +284,7 @@ def round_rows(view: RunView, now: float | None = None) -> list[dict]:
         done = cell is not None or result is not None
         mine = [lab for lab in view.labels if lab.round == r]
         failed = sum(not lab.ok for lab in mine)
-        if view.labels_from != "labels.db" and cell is not None:  # replayed pool: failures only in cells
+        if not view.stored and cell is not None:  # replayed pool: failures only in cells
             prev = view.cells.get(r - 1, {}).get("n_failed", 0)
             failed = max(int(cell.get("n_failed", 0)) - int(prev), 0)
         seconds: dict[str, float] = {}
@@ -385,7 +394,7 @@ def export_labels(view: RunView, path: str | os.PathLike) -> tuple[int, int]:
             ctype = "seed" if (seeds_round0 and lab.round == 0) else "pool"
         atoms.info.update(config_type=ctype, oed_round=lab.round, oed_pool_index=lab.pool_index,
                           level_of_theory=lab.level_of_theory or view.config.get("oracle", ""))
-        if view.labels_from == "labels.db":
+        if view.stored:
             atoms.info["label_seconds"] = lab.seconds
         if hit is not None:
             for k in ("uncertainty", "uncertainty_kind", "temperature", "explore_round"):
