@@ -48,8 +48,6 @@ def _server_bin() -> Path | None:
 @pytest.fixture(scope="module")
 def server():
     """URL of a fresh PostgreSQL server's maintenance database, ``postgresql://oed@localhost:PORT/postgres``."""
-    pytest.importorskip("psycopg2")
-    pytest.importorskip("ase_db_backends")
     bindir = _server_bin()
     if bindir is None:
         pytest.skip(SKIP_NO_SERVER)
@@ -150,9 +148,12 @@ def test_run_store_records_the_server_and_refuses_another(tmp_path):
     assert redact("postgresql://bob@h/d") == "postgresql://bob@h/d"
 
 
+def test_postgres_backend_is_installed_by_the_test_extra():
+    import ase_db_backends.postgresql  # noqa: F401
+    import psycopg2  # noqa: F401  (oed[postgres], pulled in by oed[test]: a missing install step fails here)
+
+
 def test_unreachable_server_is_one_clear_error_without_the_password(tmp_path):
-    pytest.importorskip("psycopg2")
-    pytest.importorskip("ase_db_backends")
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
