@@ -197,6 +197,9 @@ def test_loop_on_a_server_killed_mid_label_resumes_and_exports(db_url, ethanol_d
     assert res.exit_code == 0, res.output
     exported = read_structures(tmp_path / "all.xyz")
     assert len(exported) == 8 and all(REF_ENERGY in a.info and a.info["label_seconds"] > 0 for a in exported)
+    res = runner.invoke(app, ["loop", "report", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "8 labels, 0 failed" in (out / "report.md").read_text()
     # the same run without --db would label everything again into labels.db: refused
     res = runner.invoke(app, ["loop", "run", *cmd[3:-2]])
     assert res.exit_code != 0 and "keeps its labels at" in res.output
