@@ -73,7 +73,7 @@ STABILITY_MODES = ("auto", "always", "never")
 # a UKS solution within this of ⟨S²⟩ = 0 and of the RKS energy is the RKS one.
 _RESTRICTED_S2 = 1e-2
 _SAME_ENERGY = 1e-6  # Ha
-# A closed-shell solution whose HOMO lies this far above its LUMO is an excited state.
+# A solution whose HOMO lies this far above its LUMO (in either spin channel) is an excited state.
 _AUFBAU_TOL = 0.01  # Ha
 
 
@@ -244,12 +244,14 @@ class _Route:
             done = "uncounted cycles" if fallback == "newton" else f"{cycles}"
             if mf.converged:
                 plain = self.plain_copy(mf, unrestricted)
-                if unrestricted or _gap(plain) > -_AUFBAU_TOL:
+                if _gap(plain) > -_AUFBAU_TOL:
                     self.steps.append(f"{label}/{fallback}: converged in {done}")
                     return plain, fallback, cycles
                 # Measured: at O–H 6.575 Å in ethanol Newton converges RKS to a state with the
-                # HOMO 13 eV above the LUMO, 10.8 eV above the right energy, that stability
-                # analysis calls stable. A non-aufbau closed shell is no ground state: go on.
+                # HOMO 13 eV above the LUMO, 10.8 eV above the right energy, and the broken-symmetry
+                # UKS to one with ⟨S²⟩ 1.57, 7.25 eV above it; stability analysis calls both stable.
+                # A solution with an occupied orbital above a virtual one of its spin is no ground
+                # state: go on (and fail, recorded, if nothing else converges).
                 self.steps.append(f"{label}/{fallback}: converged in {done} to a non-aufbau state "
                                   f"(HOMO–LUMO gap {_gap(plain):.3f} Ha), rejected")
             else:
@@ -288,9 +290,15 @@ def _instability_pair(rks, mo_unstable) -> tuple[int, int]:
 
 
 def _gap(mf) -> float:
+    """LUMO − HOMO, Ha; for an unrestricted solution the smaller of the two spin channels'
+    (a channel without occupied or virtual orbitals has no gap)."""
     occ = np.asarray(mf.mo_occ)
     e = np.asarray(mf.mo_energy)
-    return float(e[occ == 0].min() - e[occ > 0].max())
+    if occ.ndim == 1:
+        return float(e[occ == 0].min() - e[occ > 0].max())
+    gaps = [float(es[os_ == 0].min() - es[os_ > 0].max()) for es, os_ in zip(e, occ)
+            if np.any(os_ == 0) and np.any(os_ > 0)]
+    return min(gaps) if gaps else np.inf
 
 
 def _n_rotations(mf) -> int:

@@ -136,3 +136,22 @@ def test_ethanol_oh_stretch_matches_published_labels(oh_dist, routes, s2_range, 
     assert abs(d_energy) < 0.020  # eV, the goal of the bond-breaking benchmark
     assert np.all(np.isfinite(out.arrays["REF_forces"]))
     assert -4215 < out.info["REF_energy"] < -4200
+
+
+def test_aufbau_gap_is_per_spin_channel():
+    """A UKS solution is rejected as an excited state by its worse spin channel (loops.scf._gap)."""
+    from types import SimpleNamespace
+
+    from loops.scf import _gap
+
+    occ = np.array([[1, 1, 0, 0], [1, 0, 0, 0]])
+    ground = SimpleNamespace(mo_occ=occ, mo_energy=np.array([[-1.0, -0.5, 0.1, 0.3], [-1.0, -0.2, 0.2, 0.4]]))
+    # alpha occupies orbital 3 above the empty orbital 2: across both channels it would look fine
+    excited = SimpleNamespace(mo_occ=np.array([[1, 0, 0, 1], [1, 0, 0, 0]]),
+                              mo_energy=np.array([[-1.0, -0.5, 0.1, 0.3], [-1.0, -0.2, 0.2, 0.4]]))
+    assert _gap(ground) == pytest.approx(0.6)  # alpha 0.6, beta 0.8 Ha
+    assert _gap(excited) == pytest.approx(-0.8)  # alpha: 0.3 occupied above −0.5 empty
+    atom = SimpleNamespace(mo_occ=np.array([[1, 0], [0, 0]]), mo_energy=np.array([[-0.5, 0.2], [-0.4, 0.3]]))
+    assert _gap(atom) == pytest.approx(0.7)  # an empty beta channel has no gap
+    closed = SimpleNamespace(mo_occ=np.array([2, 2, 0]), mo_energy=np.array([-1.0, -0.3, 0.2]))
+    assert _gap(closed) == pytest.approx(0.5)
