@@ -38,8 +38,8 @@ from loops.models import model_class
 from loops.oracles import LabelBook, ReplayOracle, bare, make_oracle, parse_oracle, resolve_e0s
 from loops.parallel import Executor
 from loops.rundir import check_run_dir, check_settings, run_lock
-from loops.store import is_server_url
 from loops.settings import fingerprint_fields
+from loops.store import check_db_url
 from loops.strategies import (
     Features,
     RandomStrategy,
@@ -224,8 +224,7 @@ class LoopConfig:
             raise InputError("test-time refinements score one model: drop --committee, or --ttt/--radius-refinement")
         self.settings().validate()
         self.features.validate()
-        if self.db is not None and not is_server_url(self.db):
-            raise InputError(f"--db takes a database server URL (postgresql://user@host:port/dbname), not {self.db!r}")
+        check_db_url(self.db)
 
     def fingerprint(self, pool_digest: str) -> dict:
         """The settings that fix picks and labels: a resumed run must match them."""

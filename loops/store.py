@@ -42,6 +42,13 @@ def is_server_url(db) -> bool:
     return isinstance(db, str) and urlsplit(db).scheme in _SERVER_SCHEMES
 
 
+def check_db_url(db: str | None) -> None:
+    """Raise InputError unless ``db`` is ``None`` or a database server URL (``--db``)."""
+    if db is not None and not is_server_url(db):
+        raise InputError(f"--db takes a database server URL (postgresql://user@host:port/dbname), not {db!r}; "
+                         "without --db the labels go to DIR/labels.db")
+
+
 def redact(url: str) -> str:
     """``url`` without its password (what may be written to disk or printed)."""
     parts = urlsplit(url)
@@ -68,9 +75,7 @@ def run_store(out: str | os.PathLike, db: str | None) -> tuple[str | Path, str |
     from loops.errors import RunMismatchError
 
     out = Path(out)
-    if db is not None and not is_server_url(db):
-        raise InputError(f"--db takes a database server URL (postgresql://user@host:port/dbname), not {db!r}; "
-                         "without --db the labels go to DIR/labels.db")
+    check_db_url(db)
     record = read_store_record(out)
     if record is None:
         if db is None:
