@@ -161,8 +161,9 @@ class PySCFLabeler(Calculator):
         does not fit the electron count.
     SCFNotConverged
         From :meth:`calculate` when no SCF route converges (fallback chain
-        DIIS → level shift → damping → Newton, and broken-symmetry UKS for a
-        closed shell) or the wall-time limit is reached; no energy is kept.
+        DIIS → level shift → damping → Newton, and for a closed shell a
+        broken-symmetry UKS from mixed orbitals, then from fragment densities;
+        see :mod:`loops.scf`) or the wall-time limit is reached; no energy is kept.
 
     References
     ----------

@@ -29,6 +29,15 @@ The route
    most ``max_stability_rounds`` times. The lower-energy converged solution is
    taken, preferring a stable one; a UKS that comes back spin-restricted
    (⟨S²⟩ < 0.01 and the RKS energy) is reported as the RKS route.
+   When that broken-symmetry UKS does not converge either and the molecule
+   falls apart into neutral fragments, some with an odd electron count (a
+   homolytic dissociation product, e.g. ethoxy + H), the UKS starts instead
+   from the **fragment guess**: each fragment's own UKS density (doublet or
+   singlet, same functional and basis) on the diagonal blocks, the unpaired
+   spins of successive odd fragments alternating α, β (route suffix ``-frag``).
+   Where PySCF's RKS stability analysis cannot start (an empty Davidson start
+   space, as for H2 at 8 Å in STO-3G), the broken-symmetry UKS is tried from
+   HOMO/LUMO and the lower converged solution kept.
 3. **Open shell**: UKS with the fallback chain, then the same UKS stability loop.
 
 ``stability="auto"`` skips the analysis of a closed-shell RKS solution that DIIS
@@ -62,8 +71,10 @@ import numpy as np
 from pyscf.lib.exceptions import LinearDependencyError
 
 from loops.errors import SCFNotConverged, SetupError
+from loops.scf_guess import broken_symmetry_guess, fragment_guess, fragments
 
-__all__ = ["FALLBACKS", "STABILITY_MODES", "SCFResult", "broken_symmetry_guess", "run_scf"]
+__all__ = ["FALLBACKS", "STABILITY_MODES", "SCFResult", "broken_symmetry_guess", "fragment_guess", "fragments",
+           "run_scf"]
 
 #: SCF strategies in the order they are tried; "none" is plain DIIS.
 FALLBACKS = ("none", "level_shift", "damping", "newton")
@@ -131,51 +142,6 @@ class SCFResult:
     rks_fallback: str | None
     seconds: float
     steps: tuple[str, ...] = field(default=())
-
-
-def broken_symmetry_guess(mo_coeff: np.ndarray, mo_occ: np.ndarray, angle: float = 45.0,
-                          pair: tuple[int, int] | None = None):
-    """α and β orbitals with an occupied and a virtual orbital (HOMO, LUMO) mixed in opposite senses.
-
-    Parameters
-    ----------
-    mo_coeff : ndarray, shape (n_ao, n_mo)
-        Restricted orbitals.
-    mo_occ : ndarray, shape (n_mo,)
-        Restricted occupations (2 or 0).
-    angle : float
-        Rotation angle θ in degrees: α HOMO' = cos θ HOMO + sin θ LUMO,
-        β HOMO' = cos θ HOMO − sin θ LUMO (LUMOs rotated to stay orthogonal).
-    pair : (int, int) or None
-        Indices (occupied, virtual) of the two orbitals to mix; ``None``: HOMO and LUMO.
-
-    Returns
-    -------
-    (mo_a, mo_b), (occ_a, occ_b)
-        Unrestricted orbitals and occupations (1 or 0), for ``UKS.make_rdm1``.
-
-    Raises
-    ------
-    SetupError
-        When there is no occupied or no virtual orbital to mix.
-    """
-    occupied = np.flatnonzero(np.asarray(mo_occ) > 0)
-    virtual = np.flatnonzero(np.asarray(mo_occ) == 0)
-    if len(occupied) == 0 or len(virtual) == 0:
-        raise SetupError("a broken-symmetry guess needs an occupied and a virtual orbital")
-    homo, lumo = (occupied[-1], virtual[0]) if pair is None else pair
-    if homo not in occupied or lumo not in virtual:
-        raise SetupError(f"pair {pair} is not (occupied, virtual) for occupations {np.asarray(mo_occ).tolist()}")
-    t = np.deg2rad(angle)
-    out = []
-    for sign in (+1.0, -1.0):
-        c = np.array(mo_coeff, dtype=float, copy=True)
-        h, l_ = mo_coeff[:, homo], mo_coeff[:, lumo]
-        c[:, homo] = np.cos(t) * h + sign * np.sin(t) * l_
-        c[:, lumo] = -sign * np.sin(t) * h + np.cos(t) * l_
-        out.append(c)
-    occ = (np.asarray(mo_occ) > 0).astype(float)
-    return (out[0], out[1]), (occ, occ.copy())
 
 
 class _Route:
@@ -271,6 +237,17 @@ class _Route:
         return plain
 
 
+def _fragment_uks(route: "_Route", label: str, max_rounds: int, check: bool):
+    """UKS from the fragment guess, as :func:`_uks_until_stable`; None when it does not apply or fails."""
+    left = route.time_limit - route.elapsed()
+    dm0, why = fragment_guess(route.mol, route.xc, density_fit=route.density_fit, max_cycle=route.max_cycle,
+                              time_limit=max(left, 1e-9))
+    route.steps.append(f"{label} guess: {why}")
+    if dm0 is None:
+        return None
+    return _uks_until_stable(route, np.asarray(dm0), label, max_rounds, check)
+
+
 def _instability_pair(rks, mo_unstable) -> tuple[int, int]:
     """(occupied, virtual) RKS orbital indices that the external instability mixes most.
 
@@ -287,6 +264,11 @@ def _instability_pair(rks, mo_unstable) -> tuple[int, int]:
     block = np.abs(u[np.ix_(virtual, occupied)])
     a, i = np.unravel_index(int(np.argmax(block)), block.shape)
     return int(occupied[i]), int(virtual[a])
+
+
+def _homo_lumo(rks) -> tuple[int, int]:
+    occ = np.asarray(rks.mo_occ)
+    return int(np.flatnonzero(occ > 0)[-1]), int(np.flatnonzero(occ == 0)[0])
 
 
 def _gap(mf) -> float:
@@ -440,6 +422,9 @@ def run_scf(
         dm0 = route.mean_field(True).make_rdm1(*broken_symmetry_guess(last.mo_coeff, last.mo_occ, bs_angle))
         got = _uks_until_stable(route, dm0, label, max_stability_rounds, check)
         if got is None:
+            label = f"{r}-failed>{u}-frag"
+            got = _fragment_uks(route, label, max_stability_rounds, check)
+        if got is None:
             raise SCFNotConverged(route.failure("SCF not converged"))
         mf, fb, cyc, stable = got
         return _finish(route, mf, label, fb, cyc, stable, None, None)
@@ -453,8 +438,16 @@ def run_scf(
     stable = False
     for attempt in range(max_stability_rounds + 1):
         route.check_clock(f"{r} stability")
-        mo_i, mo_e, stable_i, stable_e = rks.stability(internal=True, external=True, nroots=1,
-                                                       return_status=True)
+        try:
+            mo_i, mo_e, stable_i, stable_e = rks.stability(internal=True, external=True, nroots=1,
+                                                           return_status=True)
+        except LinearDependencyError:
+            # Measured: H2 at 8 Å in STO-3G, where σg and σu are degenerate, PySCF's Davidson
+            # gets an empty start space. The analysis says nothing; try the broken-symmetry UKS
+            # from HOMO/LUMO and keep the lower converged solution.
+            route.steps.append(f"{r} stability: no start space for the analysis; broken symmetry tried")
+            mo_e = None
+            break
         route.steps.append(f"{r} stability: internal {'stable' if stable_i else 'unstable'}, "
                            f"external {'stable' if stable_e else 'unstable'}")
         if not stable_e:
@@ -469,10 +462,13 @@ def run_scf(
 
     # RKS → UKS instability: broken-symmetry UKS from the mixed guess of the pair it rotates.
     label = f"{r}>{u}-bs"
-    pair = _instability_pair(rks, mo_e[0])
+    pair = _instability_pair(rks, mo_e[0]) if mo_e is not None else _homo_lumo(rks)
     route.steps.append(f"{label} guess: orbitals {pair[0]} (occupied) and {pair[1]} (virtual) mixed")
     dm0 = route.mean_field(True).make_rdm1(*broken_symmetry_guess(rks.mo_coeff, rks.mo_occ, bs_angle, pair))
     got = _uks_until_stable(route, dm0, label, max_stability_rounds, True)
+    if got is None:
+        label = f"{r}>{u}-frag"
+        got = _fragment_uks(route, label, max_stability_rounds, True)
     if got is None:  # no converged UKS: the RKS solution is converged but unstable
         return _finish(route, rks, r, fallback, cycles, False, _gap(rks), rks_energy)
     uks, fb_u, cyc_u, stable_u = got

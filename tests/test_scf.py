@@ -15,7 +15,7 @@ from ase.build import molecule
 
 from loops.errors import SCFNotConverged, SetupError
 from loops.labelers import PySCFLabeler, label
-from loops.scf import broken_symmetry_guess, run_scf
+from loops.scf import broken_symmetry_guess, fragment_guess, fragments, run_scf
 from loops.store import LabelStore
 from oed.io import read_structures, structure_hash
 
@@ -155,3 +155,54 @@ def test_aufbau_gap_is_per_spin_channel():
     assert _gap(atom) == pytest.approx(0.7)  # an empty beta channel has no gap
     closed = SimpleNamespace(mo_occ=np.array([2, 2, 0]), mo_energy=np.array([-1.0, -0.3, 0.2]))
     assert _gap(closed) == pytest.approx(0.5)
+
+
+def test_fragment_guess_puts_opposite_spins_on_the_fragments():
+    from pyscf import dft
+
+    mol = _mol("H 0 0 0; H 0 0 5.0", basis="def2-svp")
+    assert fragments(mol) == [[0], [1]]
+    assert fragments(_mol("H 0 0 0; H 0 0 0.74")) == [[0, 1]]
+    (dm_a, dm_b), why = fragment_guess(mol, "pbe", density_fit=False)
+    assert why == "2 fragments: H 2S=1 (none), H 2S=1 (none)"
+    s = mol.intor("int1e_ovlp")
+    first = slice(*mol.aoslice_by_atom()[0, 2:4])
+    # one α electron on the first atom, one β on the second, nothing in between
+    assert np.trace(dm_a[first, first] @ s[first, first]) == pytest.approx(1.0, abs=1e-8)
+    assert np.trace(dm_b[first, first] @ s[first, first]) == pytest.approx(0.0, abs=1e-8)
+    assert np.trace(dm_b @ s) == pytest.approx(1.0, abs=1e-8)
+    # the guess is the converged dissociation limit: UKS from it takes a few cycles to twice the atom
+    mf = dft.UKS(mol)
+    mf.xc, mf.verbose = "pbe", 0
+    mf.kernel(dm0=np.asarray((dm_a, dm_b)))
+    atom = run_scf(_mol("H 0 0 0", basis="def2-svp", spin=1), "pbe", density_fit=False)
+    assert mf.converged and mf.cycles <= 8
+    assert mf.e_tot == pytest.approx(2 * atom.energy, abs=1e-5)
+    for atom_str, spin, reason in [("H 0 0 0; H 0 0 0.74", 0, "one fragment"),
+                                   ("He 0 0 0; He 0 0 6", 0, "2 fragments, none with an odd electron count"),
+                                   ("H 0 0 0; H 0 0 5; H 0 0 10", 1, "neutral closed-shell")]:
+        guess, why = fragment_guess(_mol(atom_str, spin=spin), "pbe", density_fit=False)
+        assert guess is None and reason in why
+
+
+def test_fragment_guess_takes_over_when_the_broken_symmetry_uks_does_not_converge():
+    # Measured: H2 at 5 Å in STO-3G with 2 cycles per attempt. RKS converges and is unstable towards
+    # UKS; the mixed σ/σ* guess does not converge in 2 cycles along any fallback; the fragment guess
+    # (two H atoms, α and β) does, to the energy of two atoms. The same fallback labels ethanol at
+    # O–H 6.575 Å within 1 meV of the published label (benchmarks/outputs/bond_breaking.md).
+    result = run_scf(_mol("H 0 0 0; H 0 0 5.0"), "pbe", density_fit=False, stability="always", max_cycle=2)
+    atom = run_scf(_mol("H 0 0 0", spin=1), "pbe", density_fit=False)
+    assert result.route == "rks>uks-frag"
+    assert "rks>uks-bs/newton: not converged in uncounted cycles" in result.steps
+    assert result.s2 == pytest.approx(1.0, abs=1e-3) and result.stable is True
+    assert result.energy == pytest.approx(2 * atom.energy, abs=1e-5)  # Ha; at 5 Å the atoms still feel 1e-6
+
+
+def test_rks_stability_with_an_empty_start_space_still_reaches_broken_symmetry():
+    # Measured: H2 at 8 Å in STO-3G, σg and σu degenerate: PySCF's external stability Davidson raised
+    # LinearDependencyError out of the labeller. Now the broken-symmetry UKS is tried from HOMO/LUMO.
+    result = run_scf(_mol("H 0 0 0; H 0 0 8.0"), "pbe", density_fit=False, stability="always", max_cycle=3)
+    atom = run_scf(_mol("H 0 0 0", spin=1), "pbe", density_fit=False)
+    assert "rks stability: no start space for the analysis; broken symmetry tried" in result.steps
+    assert result.route == "rks>uks-bs" and result.s2 == pytest.approx(1.0, abs=1e-3)
+    assert result.energy == pytest.approx(2 * atom.energy, abs=1e-6)
