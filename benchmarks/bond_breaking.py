@@ -7,7 +7,7 @@ fitting, one process, and compares with the published energies:
 
 - |ΔE| = |E_PySCF − E_published| per point and per O–H band (goal ≤ 20 meV;
   a point above it is flagged with its route, ⟨S²⟩ and stability);
-- the route taken (``rks``, ``rks>uks-bs``, ``rks-failed>uks-bs``), the SCF
+- the route taken (``rks``, ``rks>uks-bs``, ``rks-failed>uks-bs``, ``…-frag``), the SCF
   fallback, ⟨S²⟩, the RKS HOMO–LUMO gap and the seconds per label;
 - for contrast, the plain RKS (DIIS) |ΔE| where that converges.
 
@@ -24,6 +24,7 @@ run in an order that covers every band early (``--order``). The JSON and
 Markdown summaries are rewritten after every point.
 
     nohup .venv/bin/python benchmarks/bond_breaking.py > /tmp/bond_breaking.log 2>&1 &
+    # or on two cores: the same with --threads 1 --shard 0/2 and --threads 1 --shard 1/2
     python benchmarks/bond_breaking.py --summary-only     # re-render from the .jsonl
 """
 
@@ -66,7 +67,8 @@ def label_point(atoms, stability: str, threads: int | None) -> dict:
     published = float(atoms.get_potential_energy())
     work = atoms.copy()
     work.calc = None
-    row = {"OH_dist": float(atoms.info["OH_dist"]), "published_eV": published, "stability": stability}
+    row = {"OH_dist": float(atoms.info["OH_dist"]), "published_eV": published, "stability": stability,
+           "threads": threads}
     start = time.perf_counter()
     try:
         calc.calculate(work, ["energy", "forces"])
@@ -156,10 +158,12 @@ def summarise(rows: list[dict], n_total: int, cost: dict | None = None) -> tuple
     lines = [
         "# Bond breaking: robust PySCF labels on the ethanol O–H stretch",
         "",
-        "`python benchmarks/bond_breaking.py` — PBE/def2-SVP, density fitting, one process, "
+        "`python benchmarks/bond_breaking.py` — PBE/def2-SVP, density fitting, "
         f"{len(rows)} of {n_total} points of `data/ethanol/test_H_removal.xyz` done. "
         "ΔE = PySCF − published, no offset (0.8 meV at 0.975 Å). Plain RKS: RKS with plain DIIS "
-        "(100 cycles), where it converges; the points table gives the RKS of any fallback.",
+        "(100 cycles), where it converges; the points table gives the RKS of any fallback. s: wall seconds "
+        "of the label (points with a `threads` entry in the .jsonl ran as single-thread processes side by "
+        "side, the others as one process on the idle machine).",
         "",
         "| O–H band | points done | max \\|ΔE\\| meV | mean \\|ΔE\\| meV | routes | ⟨S²⟩ | s / label "
         "| plain RKS converged | plain RKS max \\|ΔE\\| meV |",
@@ -205,6 +209,9 @@ def main(argv=None) -> int:
     parser.add_argument("--stability", default="always", choices=["auto", "always", "never"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="label at most this many new points")
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="label only every N-th point to do, from the I-th: run N processes with "
+                             "--threads 1 to use N cores (they share the .jsonl)")
     parser.add_argument("--summary-only", action="store_true")
     parser.add_argument("--cost", action="store_true",
                         help="first time one closed-shell label with stability auto and always")
@@ -217,14 +224,23 @@ def main(argv=None) -> int:
     done = {round(r["OH_dist"], 3) for r in rows}
     todo = [] if args.summary_only else [i for i in order(frames)
                                          if round(float(frames[i].info["OH_dist"]), 3) not in done]
+    try:
+        shard, n_shards = (int(x) for x in args.shard.split("/"))
+        assert 0 <= shard < n_shards
+    except (ValueError, AssertionError):
+        parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
+    todo = todo[shard::n_shards]
     if args.limit is not None:
         todo = todo[: args.limit]
+
+    def read_rows() -> list[dict]:  # other shards append to the same file
+        return [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
 
     cost_file = OUT / "bond_breaking_cost.json"
 
     def write():
         cost = json.loads(cost_file.read_text()) if cost_file.exists() else None
-        summary, md = summarise(rows, len(frames), cost)
+        summary, md = summarise(read_rows(), len(frames), cost)
         atomic_write_text(OUT / "bond_breaking.json", json.dumps(summary, indent=1) + "\n")
         atomic_write_text(OUT / "bond_breaking.md", md)
 
