@@ -139,14 +139,7 @@ def _fit_member(task: _MemberTask):
 
 def _loader(cls: type):
     """``loader(workdir, settings) -> model`` for a back-end that can read a fit back, else None."""
-    load_dir = getattr(cls, "load_dir", None)
-    if load_dir is not None:
-        return load_dir
-    from loops.gap import POTENTIAL_FILE, GAPModel
-
-    if issubclass(cls, GAPModel):
-        return lambda workdir, settings: cls.load(Path(workdir) / POTENTIAL_FILE, settings)
-    return None  # MACEModel has no loader yet: its members are refitted
+    return getattr(cls, "load_dir", None)  # GAPModel and MACEModel have one
 
 
 def _fingerprint(name: str, settings: Any, seed: int, e0s: Mapping[str, float], frames: Sequence[Atoms]) -> str:

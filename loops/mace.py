@@ -37,6 +37,7 @@ Notes on mace-torch (seen here, mace-torch 0.3.16, e3nn 0.4.4, torch 2.13):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import warnings
@@ -53,7 +54,9 @@ from loops.fitting import (
     species_e0s,
 )
 from loops.mace_settings import RUN_NAME, MACESettings  # noqa: F401 (re-exported: the public names stay in loops.mace)
+from loops.settings import fingerprint_fields
 from oed.errors import InputError
+from oed.io import atomic_write_text
 
 if TYPE_CHECKING:
     from ase.calculators.calculator import Calculator
@@ -63,6 +66,8 @@ TRAIN_FILE = "train.xyz"
 VALID_FILE = "valid.xyz"
 MODEL_FILE = RUN_NAME + ".model"
 LOG_FILE = "mace_train.log"
+#: Written after a fit succeeded (its presence says the model file is whole): what :meth:`MACEModel.load_dir` reads.
+FIT_RECORD = "mace_fit.json"
 #: Folders run_train writes into the work directory (removed before a new fit: run_train
 #: reloads the *latest* checkpoint it finds, so a stale one would be taken for the new model).
 _RUN_DIRS = ("checkpoints", "logs", "results")
@@ -77,6 +82,11 @@ _ISOLATED = "IsolatedAtom"
 #: run_train as :mod:`loops.fitting` runs it: a Python traceback ends with the exception, so
 #: the last reason in the log is the one quoted.
 RUN_TRAIN = FitProgram(name="mace run_train", speaker="run_train", reasons=_REASON)
+
+
+def _settings_key(settings: MACESettings) -> dict[str, Any]:
+    """The settings fields that change a fit, as JSON would read them back (tuples become lists)."""
+    return json.loads(json.dumps(fingerprint_fields(settings), sort_keys=True, default=repr))
 
 
 @contextlib.contextmanager
@@ -234,6 +244,50 @@ class MACEModel(SubprocessModel):
             fitted={"model_file_": work / MODEL_FILE, "species_": tuple(e0_used), "e0s_": e0_used, "n_train_": n,
                     "valid_indices_": tuple(valid_idx), "log_file_": work / LOG_FILE},
         )
+
+    def fit(self, frames: Sequence[Atoms], *, e0s: Mapping[str, float], workdir: str | os.PathLike) -> MACEModel:
+        """:meth:`loops.fitting.SubprocessModel.fit`, then ``workdir/mace_fit.json`` for :meth:`load_dir`."""
+        super().fit(frames, e0s=e0s, workdir=workdir)
+        record = {"settings": _settings_key(self._settings()), "species": list(self.species_),
+                  "e0s": {k: float(v) for k, v in self.e0s_.items()}, "n_train": int(self.n_train_),
+                  "valid_indices": [int(i) for i in self.valid_indices_]}
+        atomic_write_text(Path(self.model_file_).parent / FIT_RECORD, json.dumps(record, indent=1) + "\n")
+        return self
+
+    @classmethod
+    def load_dir(cls, workdir: str | os.PathLike, settings: MACESettings | None = None) -> MACEModel:
+        """The model an earlier :meth:`fit` left in ``workdir`` (a resumed campaign's round model).
+
+        Parameters
+        ----------
+        workdir : path
+            The fit's work directory, holding ``mace.model`` and ``mace_fit.json``.
+        settings : MACESettings or None
+            The settings the model is wanted with; ``None`` means ``MACESettings()``.
+
+        Raises
+        ------
+        InputError
+            No finished fit there (``mace_fit.json`` or the model file missing, unreadable), or one
+            fitted with other settings (fields that change results; the differing ones named).
+        """
+        work = Path(workdir).resolve()
+        try:
+            record = json.loads((work / FIT_RECORD).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"no finished MACE fit in {work}: {FIT_RECORD} unreadable ({exc})") from exc
+        model = cls(settings)
+        wanted = _settings_key(model._settings())
+        if record.get("settings") != wanted:
+            old = record.get("settings") or {}
+            diff = sorted(k for k in set(old) | set(wanted) if old.get(k) != wanted.get(k))
+            raise InputError(f"the MACE fit in {work} used other settings: {', '.join(diff)}")
+        if not (work / MODEL_FILE).is_file():
+            raise InputError(f"MACE model file not found: {work / MODEL_FILE}")
+        model.model_file_, model.log_file_ = work / MODEL_FILE, work / LOG_FILE
+        model.species_, model.e0s_ = tuple(record["species"]), dict(record["e0s"])
+        model.n_train_, model.valid_indices_ = int(record["n_train"]), tuple(record["valid_indices"])
+        return model
 
     def as_calculator(self) -> Calculator:
         """The trained model as mace-torch's ASE calculator (``mace.calculators.MACECalculator``).

@@ -200,7 +200,8 @@ __all__ = [
 def load_fitted(name: str, settings: Any, workdir: str | os.PathLike) -> Model | None:
     """A model fitted earlier into ``workdir`` (a resumed run), or None where it cannot be read.
 
-    GAP models are read from ``gap.xml``; models without a loader return None (refit them).
+    GAP models are read from ``gap.xml``, MACE models from ``mace.model`` and ``mace_fit.json``
+    (with the same settings only); models without a loader return None (refit them).
     """
     cls = model_class(name)
     loader = getattr(cls, "load_dir", None)

@@ -255,6 +255,26 @@ def test_pickle_round_trip(fitted, test_frames):
     assert pickle.loads(pickle.dumps(MACEModel(MACESettings(seed=5)))).settings.seed == 5
 
 
+def test_load_dir_reads_a_finished_fit_back_with_the_same_settings_only(fitted, test_frames, tmp_path):
+    from loops.models import load_fitted
+
+    workdir = fitted.model_file_.parent
+    loaded = MACEModel.load_dir(workdir, MACESettings(**TINY))
+    for name in ("model_file_", "species_", "e0s_", "n_train_", "valid_indices_", "log_file_"):
+        assert getattr(loaded, name) == getattr(fitted, name), name
+    e0, f0 = fitted.predict(test_frames)
+    e1, f1 = loaded.predict(test_frames)
+    np.testing.assert_array_equal(e1, e0)
+    np.testing.assert_array_equal(np.concatenate(f1), np.concatenate(f0))
+    # a resumed campaign refits instead of taking a model trained otherwise
+    with pytest.raises(InputError, match="max_num_epochs"):
+        MACEModel.load_dir(workdir, MACESettings(**{**TINY, "max_num_epochs": 31}))
+    assert load_fitted("mace", MACESettings(**{**TINY, "max_num_epochs": 31}), workdir) is None
+    assert load_fitted("mace", MACESettings(**TINY), workdir).n_train_ == fitted.n_train_
+    with pytest.raises(InputError, match="no finished MACE fit"):
+        MACEModel.load_dir(tmp_path, MACESettings(**TINY))  # e.g. a fit killed before its record
+
+
 def test_descriptors(fitted, test_frames):
     d = fitted.descriptors(test_frames)
     assert d.shape == (3, 2 * TINY["num_channels"])  # invariant channels of 2 layers
@@ -276,3 +296,16 @@ def test_isolated_atom_frames_are_training_data_not_e0s(train, e0s, tmp_path):
     assert "using command line argument" in log and "from training file" not in log
     energies, _ = model.predict([h])
     assert np.isfinite(energies[0])
+
+
+def test_committee_of_mace_models_reads_its_members_back(train, e0s, test_frames, tmp_path):
+    from loops.committee import Committee
+    from loops.parallel import Executor
+
+    first = Committee("mace", MACESettings(**TINY), size=2, seed=0, subsample=0.75,
+                      executor=Executor(workers=1, progress=False)).fit(train, e0s=e0s, workdir=tmp_path)
+    assert first.loaded_ == [False, False]
+    again = Committee("mace", MACESettings(**TINY), size=2, seed=0, subsample=0.75,
+                      executor=Executor(workers=1, progress=False)).fit(train, e0s=e0s, workdir=tmp_path)
+    assert again.loaded_ == [True, True]  # a resumed run does not train them again
+    np.testing.assert_array_equal(again.predict(test_frames)[0], first.predict(test_frames)[0])
