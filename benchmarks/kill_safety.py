@@ -23,7 +23,7 @@ last line with a ``start`` and no end (``between`` when every started phase had 
 Checks written to ``--out`` (``kill_safety.json`` and ``.md``): labels lost (picks in
 ``selections/`` without a row in ``labels.db``), labelled twice (duplicate ``key`` rows, read
 from the SQLite tables of ase.db directly), ``results.json`` against the reference's (exactly,
-and to 1e-9, timings left out), kills per phase and the wall times.
+and to 1e-9 relative, timings left out), kills per phase and the wall times.
 
 Run: ``python benchmarks/kill_safety.py [--kills 20] [--seed 0] [--out benchmarks/outputs]
 [--work DIR] [--smoke]`` (``--smoke``: 3 kills).
@@ -218,18 +218,22 @@ def strip_timing(x):
     return x
 
 
-def max_difference(a, b, path="") -> tuple[float, str]:
-    """Largest |a - b| over the numbers of two equal-shaped JSON values (inf where shapes differ)."""
+def max_difference(a, b, path="", relative: bool = False) -> tuple[float, str]:
+    """Largest |a - b| (or |a - b| / max(|a|, |b|)) over the numbers of two equal-shaped JSON values
+    (inf where shapes differ)."""
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             return math.inf, f"{path}: keys {sorted(set(a) ^ set(b))}"
-        return max((max_difference(a[k], b[k], f"{path}.{k}") for k in a), default=(0.0, ""))
+        return max((max_difference(a[k], b[k], f"{path}.{k}", relative) for k in a), default=(0.0, ""))
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return math.inf, f"{path}: lengths {len(a)} vs {len(b)}"
-        return max((max_difference(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b))), default=(0.0, ""))
+        return max((max_difference(x, y, f"{path}[{i}]", relative) for i, (x, y) in enumerate(zip(a, b))),
+                   default=(0.0, ""))
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return abs(float(a) - float(b)), path
+        d = abs(float(a) - float(b))
+        scale = max(abs(float(a)), abs(float(b)))
+        return (d / scale if relative and d > 0 else d), path
     return (0.0, "") if a == b else (math.inf, f"{path}: {a!r} vs {b!r}")
 
 
@@ -294,6 +298,7 @@ def main(argv=None) -> int:
     got_res = json.loads((run / "results.json").read_text())
     exact = strip_timing(ref_res) == strip_timing(got_res)
     diff, where = max_difference(strip_timing(ref_res), strip_timing(got_res))
+    rel, rel_where = max_difference(strip_timing(ref_res), strip_timing(got_res), relative=True)
     n_killed = [k for k in kills if k["killed"]]
     per_phase = Counter(k["phase"] for k in n_killed)
     report = {
@@ -305,7 +310,10 @@ def main(argv=None) -> int:
         "labelled_twice": len(dup["duplicated_keys"]), "duplicated_keys": dup["duplicated_keys"],
         "picks_equal_reference": picks(work / "reference") == chosen,
         "results_equal_exactly": exact, "results_max_abs_difference": diff, "results_difference_at": where,
-        "results_equal_1e-9": diff <= 1e-9,
+        "results_max_rel_difference": rel, "results_rel_difference_at": rel_where,
+        # GFN2-xTB labels of one geometry differ by up to 4e-13 eV between processes (measured), so
+        # a resumed run's errors match an unbroken one's to rounding, not bit for bit
+        "results_equal_1e-9_relative": rel <= 1e-9,
         "reference_wall_s": ref["wall_s"], "killed_run_wall_s": t_end - t_killed, "total_wall_s": t_end - t_start,
         "seed": args.seed, "work": str(work), "kill_log": kills,
         "final_results_reference": ref_res,
@@ -316,15 +324,18 @@ def main(argv=None) -> int:
     atomic_write_text(args.out / "kill_safety.json", json.dumps(report, indent=2, default=float))
     atomic_write_text(args.out / "kill_safety.md", markdown(report))
     print(markdown(report), flush=True)
-    ok = report["labels_lost"] == 0 and report["labelled_twice"] == 0 and report["results_equal_1e-9"]
+    ok = report["labels_lost"] == 0 and report["labelled_twice"] == 0 and report["results_equal_1e-9_relative"]
     return 0 if ok else 1
 
 
 def markdown(r: dict) -> str:
     phases = ", ".join(f"{p} {r['kills_per_phase'].get(p, 0)}" for p in ("start-up", *PHASES, "between"))
     eq = "exactly equal" if r["results_equal_exactly"] else (
-        f"equal to 1e-9 (max |Δ| {r['results_max_abs_difference']:.3g})" if r["results_equal_1e-9"]
-        else f"DIFFERENT (max |Δ| {r['results_max_abs_difference']:.3g} at {r['results_difference_at']})")
+        f"equal to 1e-9 relative, not bit for bit (max relative |Δ| {r['results_max_rel_difference']:.2g} at "
+        f"{r['results_rel_difference_at']}; max |Δ| {r['results_max_abs_difference']:.3g} at "
+        f"{r['results_difference_at']}; xTB labels of one geometry differ by ≤ 4e-13 eV between processes)"
+        if r["results_equal_1e-9_relative"]
+        else f"DIFFERENT (max relative |Δ| {r['results_max_rel_difference']:.3g} at {r['results_rel_difference_at']})")
     last = r["final_results_reference"][-1]
     errs = "; ".join(f"{name}: force MAE {m.get('force_mae', float('nan')):.2f} meV/Å"
                      for name, m in last["errors"].items() if isinstance(m, dict) and "force_mae" in m)
