@@ -162,21 +162,25 @@ class CheapLabels:
 DFT_LABEL_SECONDS = 8.0
 
 
-def dft_label_seconds(labels_db: str | os.PathLike | None, level_of_theory: str,
+def dft_label_seconds(labels_db, level_of_theory: str,
                       default: float = DFT_LABEL_SECONDS) -> tuple[float, str]:
     """Seconds per DFT label: the mean of the successful labels in ``labels_db``, else ``default``.
 
-    Returns ``(seconds, source)`` with ``source`` ``"measured (n labels)"`` or ``"given"``. A replayed
-    pool has no labels.db (its labels cost nothing here): ``default`` then stands for what they cost.
+    ``labels_db`` is an ase.db file, a :class:`loops.store.LabelStore` (a file or a server), or
+    ``None``. Returns ``(seconds, source)`` with ``source`` ``"measured (n labels)"`` or ``"given"``.
+    A replayed pool has no store (its labels cost nothing here): ``default`` then stands for what
+    they cost.
     """
-    if labels_db is not None and Path(labels_db).exists():
-        from ase.db import connect
+    seconds: list[float] = []
+    if hasattr(labels_db, "label_seconds"):
+        seconds = labels_db.label_seconds()
+    elif labels_db is not None and Path(labels_db).exists():
+        from loops.store import LabelStore
 
-        seconds = [float(row.get("seconds", 0.0)) for row in
-                   connect(str(labels_db), type="db").select(level_of_theory=level_of_theory) if row.ok]
-        seconds = [s for s in seconds if s > 0]
-        if seconds:
-            return float(np.mean(seconds)), f"measured ({len(seconds)} labels)"
+        seconds = LabelStore(labels_db, level_of_theory).label_seconds()
+    seconds = [s for s in seconds if s > 0]
+    if seconds:
+        return float(np.mean(seconds)), f"measured ({len(seconds)} labels)"
     return float(default), "given"
 
 

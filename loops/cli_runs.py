@@ -280,6 +280,7 @@ def compare(
     ttt: Annotated[bool, typer.Option("--ttt", help="Also score every model after test-time training on a GFN2-xTB prior (Kreiman & Krishnapriyan, arXiv:2503.08674): the model is the two-head MACE mace-ttt (DFT and GFN2-xTB heads on one representation; --model mace is switched to it), which takes 10 Adam steps on its xTB head's loss per batch of 8 test configurations and predicts with its DFT head. No DFT label of a test configuration is used; results get a refinement column (none, ttt).")] = False,
     radius_refinement: Annotated[bool, typer.Option("--radius-refinement", help="Also score every MACE with radius refinement: per test configuration the graph radius among 1.0, 0.9, …, 0.6 × r_max whose normalised-Laplacian spectrum is nearest a training graph (no label used).")] = False,
     dft_label_seconds: Annotated[float, typer.Option(help="Seconds per DFT label, to count cheap-oracle labels (lfab, ggfps) in DFT-label equivalents when the oracle's are not measured (pool replay). Default: PBE/def2-SVP, one ethanol, 2 cores.")] = 8.0,
+    db: Annotated[Optional[str], typer.Option(help="With a live oracle, keep the labels on a PostgreSQL server instead of OUT/labels.db: postgresql://user@host:port/dbname (password from PGPASSWORD or ~/.pgpass, never written to disk; needs pip install 'oed[postgres]'). A resumed comparison must name the same --db.")] = None,
 ) -> None:
     """Compare selection strategies: strategies × seeds × budgets, errors in and out of distribution.
 
@@ -295,7 +296,7 @@ def compare(
         budgets=_csv_list(budgets, "--budgets", int), n_seeds=seeds, model=model, select_with=select_with,
         features=features, mode=mode, oracle=oracle, pool_fraction=pool_fraction, target=target, e0s_file=e0s,
         test_limit=test_limit, workers=_parse_workers(workers), keep_models=keep_models, md_stability_steps=md_stability,
-        dft_label_seconds=dft_label_seconds, refinements=refinements,
+        dft_label_seconds=dft_label_seconds, refinements=refinements, db=db,
     )
     from loops.parallel import dask_client
 

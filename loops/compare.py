@@ -51,6 +51,7 @@ from loops.oracles import LabelBook, ReplayOracle, bare, make_oracle, parse_orac
 from loops.parallel import Executor
 from loops.rundir import check_run_dir, check_settings, run_lock
 from loops.settings import fingerprint_fields
+from loops.store import check_db_url
 from loops.strategies import (
     Features,
     RandomStrategy,
@@ -132,7 +133,11 @@ class CompareConfig:
         Seconds one DFT label costs, to express cheap-oracle labels (``lfab``, ``ggfps``) in
         DFT-label equivalents when the oracle's own are not measured (a replayed pool); default
         8 s, PBE/def2-SVP of one ethanol on 2 cores (docs/design.md §6). A live oracle's mean
-        label time from ``labels.db`` is used instead.
+        label time from its store is used instead.
+    db : str, optional
+        A database server URL (``postgresql://user@host:port/dbname``) for a live oracle's labels
+        instead of ``out/labels.db`` (:func:`loops.store.run_store`; the password comes from
+        ``PGPASSWORD`` or ``~/.pgpass``). A resumed comparison must name the same one.
     """
 
     pool: Path
@@ -157,6 +162,7 @@ class CompareConfig:
     md_stability_steps: int = 0
     refinements: tuple[str, ...] = ()
     dft_label_seconds: float = 8.0
+    db: str | None = None
 
     def validate(self) -> None:
         """Check the settings before any work.
@@ -214,6 +220,7 @@ class CompareConfig:
             raise InputError(f"reg must be > 0, got {self.reg}")
         if not (isinstance(self.dft_label_seconds, (int, float)) and self.dft_label_seconds > 0):
             raise InputError(f"dft_label_seconds must be > 0, got {self.dft_label_seconds!r}")
+        check_db_url(self.db)
 
     @property
     def seeds(self) -> list[int]:
@@ -322,7 +329,7 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
     check_settings(out, what="comparison", fingerprint=config.fingerprint(
         pool_hash(frames), pool_hash(target_frames) if target_frames else None))
     pool = [bare(a, i) for i, a in enumerate(frames)]
-    book = LabelBook(oracle, out / "labels.db" if live else None, pool)
+    book = LabelBook.for_run(oracle, out, pool, config.db)
     features = Features(pool, target=[bare(a, i) for i, a in enumerate(target_frames)], cache_dir=out / "cache",
                         progress=progress)
     campaigns = []
@@ -364,7 +371,7 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
     summary = render_summary(out / "results.csv", header=header)
     if config.md_stability_steps:
         summary += _stability_table(out, config, budgets)
-    summary += _cost_table(out, campaigns, config, oracle, live)
+    summary += _cost_table(out, campaigns, config, book.store)
     if config.refinements:
         from loops.refine import refinement_table
         from loops.report import read_results
@@ -401,14 +408,13 @@ def _cheap_labels(campaigns: list[Campaign], pool, out: Path, config: CompareCon
                 f"in {out / CHEAP_DB}, apart from the DFT labels")
 
 
-def _cost_table(out: Path, campaigns: list[Campaign], config: CompareConfig, oracle, live: bool) -> str:
+def _cost_table(out: Path, campaigns: list[Campaign], config: CompareConfig, store) -> str:
     """Cheap-label cost of every finished cell: into the cell records, ``cheap_cost.csv`` and a summary table."""
     import pandas as pd
 
     from loops.cheap import account, cost_table, dft_label_seconds
 
-    seconds, source = dft_label_seconds(out / "labels.db" if live else None, oracle.name,
-                                        default=config.dft_label_seconds)
+    seconds, source = dft_label_seconds(store, "", default=config.dft_label_seconds)
     rows = account(out, campaigns, seconds)
     if not rows:
         return ""

@@ -455,6 +455,11 @@ class LabelBook:
         where, run = run_store(out, db)
         return cls(oracle, where, frames, run=run)
 
+    @property
+    def store(self):
+        """The :class:`~loops.store.LabelStore` behind the book (``None``: labels in memory, a replay)."""
+        return self._store
+
     def extend(self, frames: Sequence[Atoms]) -> None:
         """Append candidates (explored frames): they are addressed by the next indices."""
         frames = list(frames)

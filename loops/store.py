@@ -241,5 +241,9 @@ class LabelStore:
             frames.append(atoms)
         return frames
 
+    def label_seconds(self) -> list[float]:
+        """Wall seconds of every successful label in the store (this level of theory and run)."""
+        return [float(row.get("seconds", 0.0)) for row in self._rows() if row.ok]
+
     def __len__(self) -> int:
         return self._db.count(**self._where)

@@ -203,3 +203,36 @@ def test_loop_on_a_server_killed_mid_label_resumes_and_exports(db_url, ethanol_d
     # the same run without --db would label everything again into labels.db: refused
     res = runner.invoke(app, ["loop", "run", *cmd[3:-2]])
     assert res.exit_code != 0 and "keeps its labels at" in res.output
+
+
+@pytest.mark.postgres
+def test_compare_with_a_live_oracle_keeps_its_labels_on_the_server(db_url, ethanol_dir, tmp_path):
+    """``oed compare --db``: the live oracle's labels go to the server, the cost table reads them there."""
+    from ase.db import connect
+
+    write_structures(tmp_path / "pool.xyz", read_structures(ethanol_dir / "train.xyz")[:12])
+    write_structures(tmp_path / "test.xyz", read_structures(ethanol_dir / "test_MD.xyz")[:4])
+    out = tmp_path / "cmp"
+    args = ["compare", "--pool", str(tmp_path / "pool.xyz"), "--test", str(tmp_path / "test.xyz"), "--out", str(out),
+            "--strategies", "random,fps", "--budgets", "4", "--seeds", "1", "--oracle", LEVEL, "--workers", "1",
+            "--pool-fraction", "1.0", "--db", db_url]
+    runner = CliRunner()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "store.json").read_text())["run"]
+    rows = list(connect(db_url).select(run=run))
+    picked = {i for name in ("random", "fps") for i in json.loads(
+        (out / "selections" / name / "seed0.json").read_text())["selected"][:4]}
+    assert len(rows) == len({r.key for r in rows}) == len(picked)  # a pick shared by both strategies: one label
+    assert not (out / "labels.db").exists()
+    assert (out / "results.csv").exists()
+    # a rerun is a resume from the server: nothing labelled again
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert len(list(connect(db_url).select(run=run))) == len(rows)
+    res = runner.invoke(app, args[:-2])
+    assert res.exit_code != 0 and "keeps its labels at" in res.output
+    replay = [a if a != LEVEL else "pool" for a in args]
+    replay[replay.index(str(out))] = str(tmp_path / "replay")
+    res = runner.invoke(app, replay)  # the replayed pool has nothing to store
+    assert res.exit_code != 0 and "nothing to store" in res.output
