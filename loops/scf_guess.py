@@ -79,12 +79,13 @@ def fragments(mol, bond_scale: float = _BOND_SCALE) -> list[list[int]]:
     list of list of int
         One list of atom indices per fragment; one list for a connected molecule.
     """
-    from ase.data import covalent_radii
+    from ase.data import atomic_numbers, covalent_radii
     from ase.units import Bohr
     from scipy.sparse.csgraph import connected_components
 
     xyz = np.asarray(mol.atom_coords()) * Bohr  # Å
-    r = covalent_radii[np.asarray(mol.atom_charges(), dtype=int)]
+    # by element, not mol.atom_charges(): with an ECP those are the valence charges
+    r = covalent_radii[[atomic_numbers[mol.atom_pure_symbol(i)] for i in range(mol.natm)]]
     d = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)
     n, comp = connected_components(d < bond_scale * (r[:, None] + r[None]), directed=False)
     groups = [np.flatnonzero(comp == c).tolist() for c in range(n)]
@@ -132,7 +133,7 @@ def fragment_guess(mol, xc: str, *, density_fit: bool = True, conv_tol: float = 
     groups = fragments(mol, bond_scale)
     if len(groups) < 2:
         return None, "one fragment"
-    charges = np.asarray(mol.atom_charges(), dtype=int)
+    charges = np.asarray(mol.atom_charges(), dtype=int)  # explicit electrons of a neutral atom (ECP cores left out)
     odd = [int(charges[g].sum()) % 2 for g in groups]
     if not any(odd):
         return None, f"{len(groups)} fragments, none with an odd electron count"
