@@ -28,8 +28,10 @@ BOX_A = 30.0
 
 
 def parse_args(doc: str, default_out: Path, argv=None, *,
-               workers_help: str = "parallel cells (default: one per core)") -> tuple[argparse.Namespace, Path]:
-    """``--smoke``, ``--out``, ``--workers``; returns (args, output folder).
+               workers_help: str = "parallel cells (default: one per core)",
+               summary_only: str | None = None) -> tuple[argparse.Namespace, Path]:
+    """``--smoke``, ``--out``, ``--workers`` (and ``--summary-only`` with its help, when given); returns
+    (args, output folder).
 
     ``--smoke`` needs an explicit ``--out``: the default folder holds the committed outputs of the
     full run, which a smoke run must never overwrite.
@@ -38,6 +40,8 @@ def parse_args(doc: str, default_out: Path, argv=None, *,
     parser.add_argument("--smoke", action="store_true", help="tiny version for CI")
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default {default_out})")
     parser.add_argument("--workers", type=int, default=None, help=workers_help)
+    if summary_only:
+        parser.add_argument("--summary-only", action="store_true", help=summary_only)
     args = parser.parse_args(argv)
     if args.smoke and args.out is None:
         parser.error("--smoke needs --out (the default folder holds the committed full-run outputs)")
