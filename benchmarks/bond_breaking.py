@@ -162,7 +162,7 @@ def summarise(rows: list[dict], n_total: int, cost: dict | None = None) -> tuple
         f"{len(rows)} of {n_total} points of `data/ethanol/test_H_removal.xyz` done. "
         "ΔE = PySCF − published, no offset (0.8 meV at 0.975 Å). Plain RKS: RKS with plain DIIS "
         "(100 cycles), where it converges; the points table gives the RKS of any fallback. s: wall seconds "
-        "of the label (points with a `threads` entry in the .jsonl ran as single-thread processes side by "
+        "of the label (points with `\"threads\": 1` in the .jsonl ran as single-thread processes side by "
         "side, the others as one process on the idle machine).",
         "",
         "| O–H band | points done | max \\|ΔE\\| meV | mean \\|ΔE\\| meV | routes | ⟨S²⟩ | s / label "
@@ -220,21 +220,27 @@ def main(argv=None) -> int:
     frames = read_structures(DATA)
     OUT.mkdir(parents=True, exist_ok=True)
     jsonl = OUT / "bond_breaking.jsonl"
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+
+    def read_rows() -> list[dict]:
+        """Rows of the .jsonl, one per point (the last if a point is there twice); another shard may
+        be appending: a last line without its newline is not read."""
+        text = jsonl.read_text() if jsonl.exists() else ""
+        lines = text.split("\n")[:-1]  # the part after the last newline is incomplete or empty
+        return list({round(r["OH_dist"], 3): r for r in map(json.loads, lines) if r}.values())
+
+    rows = read_rows()
     done = {round(r["OH_dist"], 3) for r in rows}
-    todo = [] if args.summary_only else [i for i in order(frames)
-                                         if round(float(frames[i].info["OH_dist"]), 3) not in done]
     try:
         shard, n_shards = (int(x) for x in args.shard.split("/"))
-        assert 0 <= shard < n_shards
-    except (ValueError, AssertionError):
+    except ValueError:
+        shard, n_shards = -1, 0
+    if not 0 <= shard < n_shards:
         parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
-    todo = todo[shard::n_shards]
+    # shard the fixed order, then leave out what is done: shards started at different times agree
+    todo = [] if args.summary_only else [i for j, i in enumerate(order(frames)) if j % n_shards == shard
+                                         and round(float(frames[i].info["OH_dist"]), 3) not in done]
     if args.limit is not None:
         todo = todo[: args.limit]
-
-    def read_rows() -> list[dict]:  # other shards append to the same file
-        return [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
 
     cost_file = OUT / "bond_breaking_cost.json"
 

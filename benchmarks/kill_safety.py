@@ -232,8 +232,9 @@ def max_difference(a, b, path="", relative: bool = False) -> tuple[float, str]:
                    default=(0.0, ""))
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         d = abs(float(a) - float(b))
-        scale = max(abs(float(a)), abs(float(b)))
-        return (d / scale if relative and d > 0 else d), path
+        # relative to the larger value, floored at 1e-6 so that 0 against 4e-13 is not a difference of 1
+        scale = max(abs(float(a)), abs(float(b)), 1e-6)
+        return (d / scale if relative else d), path
     return (0.0, "") if a == b else (math.inf, f"{path}: {a!r} vs {b!r}")
 
 

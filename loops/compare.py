@@ -221,6 +221,8 @@ class CompareConfig:
         if not (isinstance(self.dft_label_seconds, (int, float)) and self.dft_label_seconds > 0):
             raise InputError(f"dft_label_seconds must be > 0, got {self.dft_label_seconds!r}")
         check_db_url(self.db)
+        if self.db is not None and self.oracle == "pool":
+            raise InputError("--oracle pool replays the pool's own labels: there is nothing to store with --db")
 
     @property
     def seeds(self) -> list[int]:
@@ -324,12 +326,12 @@ def _run(config, out, frames, allowed, budgets, species, target_frames, oracle, 
     from loops.report import plot_learning_curves, render_summary, write_results
 
     live = not isinstance(oracle, ReplayOracle)
+    pool = [bare(a, i) for i, a in enumerate(frames)]
+    book = LabelBook.for_run(oracle, out, pool, config.db)  # refuses another store before any label
     e0s = resolve_e0s(oracle, species, e0s_file=config.e0s_file, cache=out / "e0s.json", log=log)
     # the settings are recorded only once everything that can fail before the run has passed
     check_settings(out, what="comparison", fingerprint=config.fingerprint(
         pool_hash(frames), pool_hash(target_frames) if target_frames else None))
-    pool = [bare(a, i) for i, a in enumerate(frames)]
-    book = LabelBook.for_run(oracle, out, pool, config.db)
     features = Features(pool, target=[bare(a, i) for i, a in enumerate(target_frames)], cache_dir=out / "cache",
                         progress=progress)
     campaigns = []

@@ -50,7 +50,7 @@ from ase import Atoms
 
 from loops.errors import SetupError
 from loops.fitting import (
-    FitPlan, FitProgram, SubprocessModel, check_elements, program_env,
+    FitPlan, FitProgram, SubprocessModel, check_elements, forget_fit, program_env,
     species_e0s,
 )
 from loops.mace_settings import RUN_NAME, MACESettings  # noqa: F401 (re-exported: the public names stay in loops.mace)
@@ -240,7 +240,8 @@ class MACEModel(SubprocessModel):
         return FitPlan(
             argv=argv, inputs={TRAIN_FILE: fit_set, VALID_FILE: valid}, output=MODEL_FILE, what="model",
             # run_train reloads the latest checkpoint it finds: a stale one would pass for the new model
-            stale=(*_RUN_DIRS, MODEL_FILE, RUN_NAME + "_compiled.model"), env=env,
+            # and the record of an earlier fit: a model run_train leaves behind a failed fit is not it
+            stale=(*_RUN_DIRS, MODEL_FILE, RUN_NAME + "_compiled.model", FIT_RECORD), env=env,
             fitted={"model_file_": work / MODEL_FILE, "species_": tuple(e0_used), "e0s_": e0_used, "n_train_": n,
                     "valid_indices_": tuple(valid_idx), "log_file_": work / LOG_FILE},
         )
@@ -251,12 +252,21 @@ class MACEModel(SubprocessModel):
         record = {"settings": _settings_key(self._settings()), "species": list(self.species_),
                   "e0s": {k: float(v) for k, v in self.e0s_.items()}, "n_train": int(self.n_train_),
                   "valid_indices": [int(i) for i in self.valid_indices_]}
-        atomic_write_text(Path(self.model_file_).parent / FIT_RECORD, json.dumps(record, indent=1) + "\n")
+        try:
+            atomic_write_text(Path(self.model_file_).parent / FIT_RECORD, json.dumps(record, indent=1) + "\n")
+        except OSError as exc:
+            forget_fit(self, private=self.caches)  # fit() leaves the model unfitted whatever it raises
+            raise SetupError(f"cannot write {FIT_RECORD} beside the model: {exc}") from exc
         return self
 
     @classmethod
     def load_dir(cls, workdir: str | os.PathLike, settings: MACESettings | None = None) -> MACEModel:
         """The model an earlier :meth:`fit` left in ``workdir`` (a resumed campaign's round model).
+
+        The record names the settings, not the training data: as with
+        :meth:`loops.gap.GAPModel.load_dir`, the directory is trusted to hold the fit it is
+        named for (a campaign's ``models/<strategy>/seed<s>/k<budget>``; committee members
+        check a fingerprint of their data as well, :mod:`loops.committee`).
 
         Parameters
         ----------
@@ -276,6 +286,8 @@ class MACEModel(SubprocessModel):
             record = json.loads((work / FIT_RECORD).read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"no finished MACE fit in {work}: {FIT_RECORD} unreadable ({exc})") from exc
+        if not isinstance(record, dict):
+            raise InputError(f"{work / FIT_RECORD} is not a fit record: fit again")
         model = cls(settings)
         wanted = _settings_key(model._settings())
         if record.get("settings") != wanted:
@@ -284,9 +296,13 @@ class MACEModel(SubprocessModel):
             raise InputError(f"the MACE fit in {work} used other settings: {', '.join(diff)}")
         if not (work / MODEL_FILE).is_file():
             raise InputError(f"MACE model file not found: {work / MODEL_FILE}")
+        try:
+            species, e0s = tuple(record["species"]), {str(k): float(v) for k, v in record["e0s"].items()}
+            n_train, valid = int(record["n_train"]), tuple(int(i) for i in record["valid_indices"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{work / FIT_RECORD} is incomplete ({exc!r}): fit again") from None
         model.model_file_, model.log_file_ = work / MODEL_FILE, work / LOG_FILE
-        model.species_, model.e0s_ = tuple(record["species"]), dict(record["e0s"])
-        model.n_train_, model.valid_indices_ = int(record["n_train"]), tuple(record["valid_indices"])
+        model.species_, model.e0s_, model.n_train_, model.valid_indices_ = species, e0s, n_train, valid
         return model
 
     def as_calculator(self) -> Calculator:

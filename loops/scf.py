@@ -71,7 +71,7 @@ import numpy as np
 from pyscf.lib.exceptions import LinearDependencyError
 
 from loops.errors import SCFNotConverged, SetupError
-from loops.scf_guess import broken_symmetry_guess, fragment_guess, fragments
+from loops.scf_guess import _BOND_SCALE, _fragment_guess, broken_symmetry_guess, fragment_guess, fragments
 
 __all__ = ["FALLBACKS", "STABILITY_MODES", "SCFResult", "broken_symmetry_guess", "fragment_guess", "fragments",
            "run_scf"]
@@ -101,8 +101,10 @@ class SCFResult:
     route : str
         ``"rks"``, ``"uks"`` (open shell), ``"rks>uks-bs"`` (RKS unstable towards
         UKS, broken-symmetry UKS taken) or ``"rks-failed>uks-bs"`` (no RKS
-        fallback converged; broken-symmetry UKS from HOMO/LUMO taken). Hartree–Fock uses
-        ``rhf``/``uhf`` in the same places.
+        fallback converged; broken-symmetry UKS from HOMO/LUMO taken); with ``-frag``
+        instead of ``-bs`` the UKS started from the fragment guess
+        (:func:`loops.scf_guess.fragment_guess`) because the mixed-orbital one did not
+        converge. Hartree–Fock uses ``rhf``/``uhf`` in the same places.
     fallback : str
         The member of :data:`FALLBACKS` that converged the accepted solution.
     s2 : float
@@ -239,9 +241,11 @@ class _Route:
 
 def _fragment_uks(route: "_Route", label: str, max_rounds: int, check: bool):
     """UKS from the fragment guess, as :func:`_uks_until_stable`; None when it does not apply or fails."""
-    left = route.time_limit - route.elapsed()
-    dm0, why = fragment_guess(route.mol, route.xc, density_fit=route.density_fit, max_cycle=route.max_cycle,
-                              time_limit=max(left, 1e-9))
+    # the fragments get at most half of the time left, so that the UKS from their guess has the rest
+    left = 0.5 * max(route.time_limit - route.elapsed(), 0.0)
+    dm0, why, cycles = _fragment_guess(route.mol, route.xc, route.density_fit, 1e-6, route.max_cycle,
+                                       route.level_shift, route.damping, route.damping_cycles, left, _BOND_SCALE)
+    route.total_cycles += cycles
     route.steps.append(f"{label} guess: {why}")
     if dm0 is None:
         return None
@@ -469,16 +473,19 @@ def run_scf(
     if got is None:
         label = f"{r}>{u}-frag"
         got = _fragment_uks(route, label, max_stability_rounds, True)
-    if got is None:  # no converged UKS: the RKS solution is converged but unstable
-        return _finish(route, rks, r, fallback, cycles, False, _gap(rks), rks_energy)
+    # The RKS is unstable (False) where the analysis said so; unknown (None) where it could not start.
+    rks_stable = False if mo_e is not None else None
+    if got is None:  # no converged UKS: the RKS solution is converged (and unstable, or untested)
+        return _finish(route, rks, r, fallback, cycles, rks_stable, _gap(rks), rks_energy)
     uks, fb_u, cyc_u, stable_u = got
     restricted = _s2(uks) < _RESTRICTED_S2 and uks.e_tot > rks.e_tot - 10 * _SAME_ENERGY
     if restricted:
         route.steps.append(f"{label}: came back spin-restricted (⟨S²⟩ {_s2(uks):.3f})")
         return _finish(route, rks, r, fallback, cycles, stable_u, _gap(rks), rks_energy)
-    if stable_u or uks.e_tot < rks.e_tot:
+    # after a shown instability a stable UKS is the answer; untested, only a lower energy says so
+    if uks.e_tot < rks.e_tot or (stable_u and mo_e is not None):
         return _finish(route, uks, label, fb_u, cyc_u, stable_u, _gap(rks), rks_energy)
-    return _finish(route, rks, r, fallback, cycles, False, _gap(rks), rks_energy)
+    return _finish(route, rks, r, fallback, cycles, rks_stable, _gap(rks), rks_energy)
 
 
 def _finish(route: _Route, mf, name, fallback, cycles, stable, gap, rks_energy) -> SCFResult:

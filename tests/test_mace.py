@@ -273,6 +273,16 @@ def test_load_dir_reads_a_finished_fit_back_with_the_same_settings_only(fitted, 
     assert load_fitted("mace", MACESettings(**TINY), workdir).n_train_ == fitted.n_train_
     with pytest.raises(InputError, match="no finished MACE fit"):
         MACEModel.load_dir(tmp_path, MACESettings(**TINY))  # e.g. a fit killed before its record
+    # a later fit in the same directory that fails takes the earlier record with it
+    import shutil
+
+    again = tmp_path / "again"
+    shutil.copytree(workdir, again)
+    with pytest.raises(ModelFitError):
+        MACEModel(MACESettings(**{**TINY, "timeout_s": 0.5})).fit(read(DATA / "train.xyz", ":8"), e0s=fitted.e0s_,
+                                                                   workdir=again)
+    with pytest.raises(InputError, match="no finished MACE fit"):
+        MACEModel.load_dir(again, MACESettings(**{**TINY, "timeout_s": 0.5}))
 
 
 def test_descriptors(fitted, test_frames):
