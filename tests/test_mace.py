@@ -308,6 +308,7 @@ def test_isolated_atom_frames_are_training_data_not_e0s(train, e0s, tmp_path):
     assert np.isfinite(energies[0])
 
 
+@pytest.mark.integration  # four MACE trainings, about 25 s
 def test_committee_of_mace_models_reads_its_members_back(train, e0s, test_frames, tmp_path):
     from loops.committee import Committee
     from loops.parallel import Executor

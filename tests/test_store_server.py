@@ -206,6 +206,7 @@ def test_loop_on_a_server_killed_mid_label_resumes_and_exports(db_url, ethanol_d
 
 
 @pytest.mark.postgres
+@pytest.mark.integration  # a full comparison with live GFN2-xTB labels
 def test_compare_with_a_live_oracle_keeps_its_labels_on_the_server(db_url, ethanol_dir, tmp_path):
     """``oed compare --db``: the live oracle's labels go to the server, the cost table reads them there."""
     from ase.db import connect
