@@ -160,10 +160,9 @@ class PySCFLabeler(Calculator):
         for a periodic structure, an element the basis lacks, or a spin that
         does not fit the electron count.
     SCFNotConverged
-        From :meth:`calculate` when no SCF route converges (fallback chain
-        DIIS → level shift → damping → Newton, and for a closed shell a
-        broken-symmetry UKS from mixed orbitals, then from fragment densities;
-        see :mod:`loops.scf`) or the wall-time limit is reached; no energy is kept.
+        From :meth:`calculate` when no SCF route of :mod:`loops.scf` converges
+        (DIIS → level shift → damping → Newton; broken-symmetry UKS for a closed
+        shell) or the wall-time limit is reached; no energy is kept.
 
     References
     ----------
