@@ -162,12 +162,12 @@ class CheapLabels:
 DFT_LABEL_SECONDS = 8.0
 
 
-def dft_label_seconds(labels_db, level_of_theory: str,
+def dft_label_seconds(labels_db, level_of_theory: str | None = None,
                       default: float = DFT_LABEL_SECONDS) -> tuple[float, str]:
     """Seconds per DFT label: the mean of the successful labels in ``labels_db``, else ``default``.
 
-    ``labels_db`` is an ase.db file, a :class:`loops.store.LabelStore` (a file or a server), or
-    ``None``. Returns ``(seconds, source)`` with ``source`` ``"measured (n labels)"`` or ``"given"``.
+    ``labels_db`` is an ase.db file (read at ``level_of_theory``), a :class:`loops.store.LabelStore`
+    (a file or a server; its own level of theory and run), or ``None``. Returns ``(seconds, source)`` with ``source`` ``"measured (n labels)"`` or ``"given"``.
     A replayed pool has no store (its labels cost nothing here): ``default`` then stands for what
     they cost.
     """

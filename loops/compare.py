@@ -220,9 +220,7 @@ class CompareConfig:
             raise InputError(f"reg must be > 0, got {self.reg}")
         if not (isinstance(self.dft_label_seconds, (int, float)) and self.dft_label_seconds > 0):
             raise InputError(f"dft_label_seconds must be > 0, got {self.dft_label_seconds!r}")
-        check_db_url(self.db)
-        if self.db is not None and self.oracle == "pool":
-            raise InputError("--oracle pool replays the pool's own labels: there is nothing to store with --db")
+        check_db_url(self.db)  # --db with the replay oracle: refused by LabelBook.for_run, before anything is written
 
     @property
     def seeds(self) -> list[int]:
@@ -416,7 +414,7 @@ def _cost_table(out: Path, campaigns: list[Campaign], config: CompareConfig, sto
 
     from loops.cheap import account, cost_table, dft_label_seconds
 
-    seconds, source = dft_label_seconds(store, "", default=config.dft_label_seconds)
+    seconds, source = dft_label_seconds(store, default=config.dft_label_seconds)
     rows = account(out, campaigns, seconds)
     if not rows:
         return ""
